@@ -1,0 +1,305 @@
+"""Typed workflow configuration: one pydantic model per concern, validated once at the edge.
+
+A workflow YAML maps onto `WorkflowConfig`. Every mistake (unknown key, wrong type, impossible value)
+becomes one line naming the key path, the bad value and what is allowed, raised as `ConfigError`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vbon.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    """The reference policy (and the initial trained policy).
+
+    `name_or_path` is a hub name, a local folder, or a built-in offline model:
+    `builtin:tiny` (a tiny GPT-2) or `builtin:smollm2-135m-instruct`.
+    """
+
+    name_or_path: str = "builtin:tiny"
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+
+
+class VaderReward(_Section):
+    """VADER sentiment compound score of the completion, in [-1, 1]."""
+
+    kind: Literal["vader"] = "vader"
+
+
+class ClassifierReward(_Section):
+    """A Hugging Face sequence classifier; `label` picks the logit by name or index."""
+
+    kind: Literal["hf_classifier"]
+    name_or_path: str
+    label: str | int = 1
+    output: Literal["logit", "log_prob", "prob"] = "logit"
+    score_prompt: bool = False
+    max_length: int = Field(512, ge=8)
+    batch_size: int = Field(32, ge=1)
+    trust_remote_code: bool = False
+
+
+class CallableReward(_Section):
+    """A Python function `module:function(prompts, completions) -> list[float]`."""
+
+    kind: Literal["callable"]
+    function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class HttpReward(_Section):
+    """A remote scorer: POST {"prompts": [...], "completions": [...]} -> {"rewards": [...]}."""
+
+    kind: Literal["http"]
+    url: str = Field(pattern=r"^https?://")
+    timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(3, ge=0, le=20)
+    batch_size: int = Field(64, ge=1)
+
+
+RewardConfig = Annotated[
+    VaderReward | ClassifierReward | CallableReward | HttpReward, Field(discriminator="kind")
+]
+
+
+class DataConfig(_Section):
+    """Prompts: a local JSON/JSONL/CSV/Parquet file, a hub data set, or `builtin:movie-reviews`."""
+
+    source: str = "builtin:movie-reviews"
+    prompt_column: str = "prompt"
+    split: str = "train"
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    max_prompts: int | None = Field(None, ge=1)
+    chat_template: bool = False
+    seed: int = 0
+
+
+class SamplingConfig(_Section):
+    """Generation settings for reference samples (top_k = 0 and top_p = 1 switch those filters off)."""
+
+    max_new_tokens: int = Field(24, ge=1, le=8192)
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    stop: list[str] = Field(default_factory=list)
+    batch_size: int = Field(16, ge=1)
+    seed: int = 0
+
+
+class TrainingConfig(_Section):
+    """Policy optimisation. `vbon` uses beta = 1/(N-1); `kl_rl` uses `beta` on the raw reward."""
+
+    algorithm: Literal["vbon", "kl_rl", "bon_sft"] = "vbon"
+    vbon_reward: Literal["l1", "exact"] = "l1"
+    optimizer: Literal["ppo", "rloo"] = "ppo"
+    beta: float | None = Field(None, gt=0.0)
+    learning_rate: float = Field(1e-5, gt=0.0, lt=1.0)
+    steps: int = Field(100, ge=1)
+    prompts_per_step: int = Field(8, ge=1)
+    samples_per_prompt: int = Field(1, ge=1)
+    ppo_epochs: int = Field(1, ge=1)
+    clip_ratio: float = Field(0.2, gt=0.0)
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    trainable: Literal["all", "top_layers", "lora"] = "all"
+    top_layers: int = Field(2, ge=1)
+    lora_rank: int = Field(8, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    cpu_offload: bool = False
+    checkpoint_every: int = Field(50, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _algorithm_needs(self) -> TrainingConfig:
+        if self.algorithm == "kl_rl" and self.beta is None:
+            raise ValueError("algorithm 'kl_rl' needs training.beta (a KL coefficient > 0)")
+        if self.algorithm == "vbon" and self.beta is not None:
+            raise ValueError("algorithm 'vbon' fixes beta = 1/(N-1); remove training.beta")
+        if self.optimizer == "rloo" and self.samples_per_prompt < 2:
+            raise ValueError("optimizer 'rloo' needs training.samples_per_prompt >= 2")
+        return self
+
+
+class EvaluationConfig(_Section):
+    """Held-out evaluation: BoN at each of `n_values` (each <= M) and the trained policies."""
+
+    n_values: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 2, 4])
+    num_examples: int = Field(3, ge=0)
+    bootstrap: int = Field(1000, ge=0)
+
+
+class ServingConfig(_Section):
+    """The Ray Serve endpoint: bound to loopback unless `host` says otherwise."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_key_env: str | None = None
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(4.0, gt=0)
+    max_prompt_tokens: int = Field(512, ge=1)
+    max_tokens: int = Field(256, ge=1)
+    max_n: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _replicas(self) -> ServingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"serving.min_replicas ({self.min_replicas}) exceeds "
+                f"serving.max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class ResourcesConfig(_Section):
+    """Where work runs: `ray_address` None starts a local in-process Ray."""
+
+    ray_address: str | None = None
+    sampling_actors: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(1.0, ge=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    train_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, ge=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+
+
+class WorkflowConfig(_Section):
+    """One vBoN workflow: N (the Best-of-N target) and M (reference samples per prompt)."""
+
+    name: str = Field("vbon", pattern=r"^[\w.-]+$")
+    run_dir: str = "runs"
+    n: int = Field(4, ge=2)
+    m: int = Field(16, ge=1)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    reward: RewardConfig = Field(default_factory=VaderReward)
+    data: DataConfig = Field(default_factory=DataConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    @model_validator(mode="after")
+    def _n_within_m(self) -> WorkflowConfig:
+        if self.m < self.n:
+            raise ValueError(f"m ({self.m}) must be >= n ({self.n}): BoN needs N of the M samples")
+        too_big = [k for k in self.evaluation.n_values if k > self.m]
+        if too_big:
+            raise ValueError(f"evaluation.n_values {too_big} exceed m ({self.m})")
+        return self
+
+    @property
+    def beta(self) -> float:
+        """The KL coefficient of the run: 1/(N-1) for vBoN, the configured one otherwise."""
+        from vbon.core.vbon_reward import beta_from_n
+
+        if self.training.algorithm == "vbon":
+            return beta_from_n(self.n)
+        return self.training.beta or 0.0
+
+
+_REWARD_KINDS: dict[str, type[BaseModel]] = {
+    get_args(m.model_fields["kind"].annotation)[0]: m
+    for m in (VaderReward, ClassifierReward, CallableReward, HttpReward)
+}
+
+
+_PATTERN_HINTS = {
+    "function": "must be 'module:function', e.g. 'my_rewards:score'",
+    "url": "must start with http:// or https://",
+    "name": "must use only letters, digits, '.', '_' and '-'",
+}
+
+
+def _lookup(data: Any, loc: tuple) -> Any:
+    for key in loc:
+        if (isinstance(data, dict) and key in data) or (
+            isinstance(data, list) and isinstance(key, int) and key < len(data)
+        ):
+            data = data[key]
+        else:
+            return None
+    return data
+
+
+def _section_model(loc: tuple, raw: Any) -> type[BaseModel] | None:
+    """The config class that the mapping at `loc` is validated against."""
+    model: type[BaseModel] = WorkflowConfig
+    for i, key in enumerate(loc):
+        field = model.model_fields.get(str(key))
+        if field is None:
+            return None
+        if key == "reward":
+            model = _REWARD_KINDS.get(_lookup(raw, (*loc[: i + 1], "kind")), VaderReward)
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            model = field.annotation
+        else:
+            return None
+    return model
+
+
+def _format_error(err: dict, raw: Any) -> str:
+    """One line: `key.path = value: what is allowed`."""
+    loc = tuple(k for k in err["loc"] if k not in _REWARD_KINDS)
+    path = ".".join(str(k) for k in loc) or "<top level>"
+    kinds = ", ".join(_REWARD_KINDS)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent = _section_model(loc[:-1], raw)
+        allowed = ", ".join(parent.model_fields) if parent else "see README"
+        return f"{path}: unknown key; allowed keys here: {allowed}"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    if kind == "union_tag_invalid":
+        return f"{path}.kind = {_lookup(raw, (*loc, 'kind'))!r}: must be one of {kinds}"
+    if kind == "union_tag_not_found":
+        return f"{path}.kind: required key is missing; must be one of {kinds}"
+    if kind == "string_pattern_mismatch" and loc and loc[-1] in _PATTERN_HINTS:
+        return f"{path} = {err.get('input')!r}: {_PATTERN_HINTS[loc[-1]]}"
+    msg = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    if kind == "value_error":
+        return f"{path}: {msg}"
+    return f"{path} = {err.get('input')!r}: {msg}"
+
+
+def parse_workflow(raw: Any, source: str = "<config>") -> WorkflowConfig:
+    """Validate a parsed YAML mapping; raise `ConfigError` with one line per problem."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of keys, got {type(raw).__name__}"
+        )
+    try:
+        return WorkflowConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{source}: {_format_error(e, raw)}" for e in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_workflow(path: str | Path) -> WorkflowConfig:
+    """Read and validate a workflow YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such workflow file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    return parse_workflow(raw, source=str(path))

@@ -1,0 +1,133 @@
+"""Policy-gradient losses shared by the toy harness and the distributed trainer.
+
+Tensors are per token, shape [B, T], with `mask` 1.0 on completion tokens and 0.0 on padding.
+The losses know nothing of models: they take log-probabilities, reference log-probabilities,
+masks and rewards.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of x over positions where mask is 1."""
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp_min(1.0)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp_min(1.0)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over masked positions."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+def kl_k1(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
+    """k1 = log pi(y_t) - log pi_ref(y_t): unbiased for KL(pi || ref), can be negative."""
+    return logprob - ref_logprob
+
+
+def kl_k3(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
+    """k3 = exp(d) - 1 - d with d = log pi_ref - log pi: unbiased, non-negative, lower variance."""
+    d = ref_logprob - logprob
+    return torch.expm1(d) - d
+
+
+KL_ESTIMATORS = {"k1": kl_k1, "k3": kl_k3}
+
+
+def kl_penalized_rewards(
+    score: torch.Tensor,
+    logprob: torch.Tensor,
+    ref_logprob: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+    estimator: str = "k1",
+) -> torch.Tensor:
+    """Per-token rewards r_t = -beta * kl_t, plus the sequence score on its last token
+    (the paper's PPO setup, Sec. 5). score: [B]; returns [B, T]."""
+    rewards = -beta * KL_ESTIMATORS[estimator](logprob, ref_logprob) * mask
+    last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & (mask > 0)
+    return rewards + last * score.unsqueeze(-1)
+
+
+def gae_advantages(
+    rewards: torch.Tensor,
+    values: torch.Tensor | None,
+    mask: torch.Tensor,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al., 2016):
+        delta_t = r_t + gamma V_{t+1} - V_t,   A_t = sum_l (gamma lam)^l delta_{t+l}.
+    With `values` None (no value head) V = 0, and A_t is the discounted reward-to-go.
+    Returns (advantages, returns = A + V), both [B, T] and zero on padding."""
+    if values is None:
+        values = torch.zeros_like(rewards)
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = (delta + gamma * lam * last) * mask[:, t]
+        advantages[:, t] = last
+    return advantages, (advantages + values) * mask
+
+
+def ppo_policy_loss(
+    logprob: torch.Tensor,
+    old_logprob: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_ratio: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped surrogate (Schulman et al., 2017):
+        L = -E_t[min(rho_t A_t, clip(rho_t, 1-eps, 1+eps) A_t)],  rho_t = pi(y_t) / pi_old(y_t).
+    Returns (loss, fraction of clipped tokens)."""
+    ratio = torch.exp(logprob - old_logprob)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio) * advantages
+    loss = -masked_mean(torch.minimum(unclipped, clipped), mask)
+    clip_frac = masked_mean((unclipped > clipped).float(), mask)
+    return loss, clip_frac
+
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float = 0.2,
+) -> torch.Tensor:
+    """Clipped value regression: 0.5 E_t[max((V - R)^2, (clip(V, V_old +- eps) - R)^2)]."""
+    clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al., 2024), k samples per prompt, rewards [P, k]:
+    A_i = R_i - (1/(k-1)) sum_{j != i} R_j."""
+    k = rewards.shape[-1]
+    if k < 2:
+        raise ValueError("RLOO needs at least 2 samples per prompt")
+    return rewards - (rewards.sum(-1, keepdim=True) - rewards) / (k - 1)
+
+
+def sequence_kl_penalized_reward(
+    score: torch.Tensor,
+    logprob: torch.Tensor,
+    ref_logprob: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+    estimator: str = "k1",
+) -> torch.Tensor:
+    """Sequence-level R(y) = score(y) - beta * sum_t kl_t, the reward that RLOO ranks. [B]."""
+    return score - beta * (KL_ESTIMATORS[estimator](logprob, ref_logprob) * mask).sum(-1)
+
+
+def sft_loss(logprob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BoN-SFT: token-mean negative log-likelihood of the best-of-N completions."""
+    return -masked_mean(logprob, mask)
