@@ -26,6 +26,36 @@ def _load(args: argparse.Namespace) -> WorkflowConfig:
     return load_workflow(args.workflow or DEFAULT_WORKFLOW)
 
 
+def _sample(args: argparse.Namespace) -> int:
+    from vbon.ray_runtime import ray_session
+    from vbon.sampling.stage import run_sampling
+
+    cfg = _load(args)
+    out = args.out or Path(cfg.run_dir) / cfg.name / "samples"
+    with ray_session(cfg.resources):
+        run_sampling(cfg, out)
+    print(f"samples: {out}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The stages that exist so far: reference sampling, then the BoN baseline on test prompts."""
+    from vbon.ray_runtime import ray_session
+    from vbon.sampling.report import bon_table, format_table
+    from vbon.sampling.stage import run_sampling
+
+    cfg = _load(args)
+    run_dir = Path(cfg.run_dir) / cfg.name
+    print(
+        f"workflow {cfg.name}: N={cfg.n}, M={cfg.m}, model={cfg.model.name_or_path}, run folder {run_dir}"
+    )
+    with ray_session(cfg.resources):
+        samples = run_sampling(cfg, run_dir / "samples")
+    print(f"Best-of-N from the cached reference samples (test prompts), workflow N={cfg.n}:")
+    print(format_table(bon_table(samples, cfg.evaluation.n_values)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vbon",
@@ -35,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a workflow file against the typed config")
     p.add_argument("workflow", type=Path)
     p.set_defaults(func=_validate)
+    p = sub.add_parser("sample", help="draw and score M reference samples per prompt on Ray actors")
+    p.add_argument("workflow", type=Path)
+    p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/NAME/samples)")
+    p.set_defaults(func=_sample)
+    p = sub.add_parser("run", help="run a workflow's stages (default: workflows/quickstart.yaml)")
+    p.add_argument("workflow", type=Path, nargs="?")
+    p.set_defaults(func=_run)
     return parser
 
 

@@ -40,7 +40,7 @@ class ToyRun:
     m: int | None = None
     steps: int = 1500
     batch_size: int = 2048
-    lr: float = 0.05
+    lr: float = 0.1
     seed: int = 0
 
     @property

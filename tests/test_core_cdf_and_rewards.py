@@ -1,0 +1,94 @@
+"""The CDF estimator, the vBoN rewards and the N <-> beta mapping."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vbon.core.bon import bon_probs, reward_masses
+from vbon.core.cdf import empirical_cdf, log_empirical_cdf
+from vbon.core.vbon_reward import beta_from_n, exact_reward, l1_reward, n_from_beta
+
+floats = st.floats(-100, 100, allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(floats, min_size=1, max_size=50), st.lists(floats, min_size=1, max_size=20))
+def test_cdf_definition_and_range(ref: list[float], query: list[float]) -> None:
+    ref_t, q = torch.tensor([ref], dtype=torch.float64), torch.tensor([query], dtype=torch.float64)
+    f = empirical_cdf(q, ref_t)[0]
+    m = len(ref)
+    for value, got in zip(query, f.tolist(), strict=True):
+        assert got == pytest.approx((sum(r < value for r in ref) + 1) / (m + 1))
+    log_f = log_empirical_cdf(q, ref_t)[0]
+    assert (log_f >= -math.log(m + 1) - 1e-12).all() and (log_f <= 0).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(floats, min_size=1, max_size=30), floats, floats)
+def test_cdf_is_monotone(ref: list[float], a: float, b: float) -> None:
+    lo, hi = min(a, b), max(a, b)
+    f = empirical_cdf(torch.tensor([[lo, hi]]), torch.tensor([ref]))[0]
+    assert f[0] <= f[1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(floats, min_size=1, max_size=12), min_size=1, max_size=6), floats)
+def test_batched_cdf_with_different_m_equals_per_prompt(refs: list[list[float]], x: float) -> None:
+    m_max = max(len(r) for r in refs)
+    padded = torch.tensor([r + [1e9] * (m_max - len(r)) for r in refs])
+    mask = torch.tensor([[True] * len(r) + [False] * (m_max - len(r)) for r in refs])
+    query = torch.full((len(refs), 1), x)
+    batched = empirical_cdf(query, padded, mask)
+    for i, r in enumerate(refs):
+        alone = empirical_cdf(query[i : i + 1], torch.tensor([r]))
+        assert torch.equal(batched[i], alone[0])
+
+
+def test_cdf_extremes() -> None:
+    ref = torch.tensor([[0.0, 1.0, 2.0]])
+    assert empirical_cdf(torch.tensor([[-5.0, 0.0, 0.5, 10.0]]), ref).tolist() == [
+        [0.25, 0.25, 0.5, 1.0]
+    ]
+
+
+def test_n_beta_mapping_round_trips() -> None:
+    for n in (2, 3, 4, 8, 16, 100):
+        assert beta_from_n(n) == pytest.approx(1 / (n - 1))
+        assert n_from_beta(beta_from_n(n)) == pytest.approx(n)
+    with pytest.raises(ValueError):
+        beta_from_n(1)
+    with pytest.raises(ValueError):
+        n_from_beta(0.0)
+
+
+def _space(k: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    p = torch.distributions.Dirichlet(torch.ones(k, dtype=torch.float64)).sample()
+    r = torch.randn(k, generator=g, dtype=torch.float64)
+    return p, r, reward_masses(p, r)[0]
+
+
+@pytest.mark.parametrize("n", [2, 4, 8, 16])
+def test_exact_reward_optimum_is_pi_bon(n: int) -> None:
+    """pi_ref * exp(R_exact / beta) with beta = 1/(N-1) normalises to pi_BoN exactly."""
+    p, r, f = _space()
+    reward = exact_reward(torch.log(f), torch.log(p), n)
+    optimum = torch.softmax(torch.log(p) + reward / beta_from_n(n), 0)
+    assert torch.allclose(optimum, bon_probs(p, r, n), atol=1e-12)
+    # dividing by N (as the authors' code does) moves the optimum off pi_BoN
+    off = torch.softmax(torch.log(p) + reward * (n - 1) / n / beta_from_n(n), 0)
+    assert (off - bon_probs(p, r, n)).abs().sum() > 1e-3
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_l1_reward_optimum_is_ref_times_f_power(n: int) -> None:
+    p, _, f = _space()
+    f = f.clamp_min(1e-3)
+    optimum = torch.softmax(torch.log(p) + l1_reward(torch.log(f)) / beta_from_n(n), 0)
+    target = p * f ** (n - 1)
+    assert torch.allclose(optimum, target / target.sum(), atol=1e-12)

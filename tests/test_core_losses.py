@@ -1,0 +1,109 @@
+"""The policy-gradient losses, each against its definition."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vbon.core.losses import (
+    gae_advantages,
+    kl_k1,
+    kl_k3,
+    kl_penalized_rewards,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    rloo_advantages,
+    sequence_kl_penalized_reward,
+    sft_loss,
+    value_loss,
+)
+
+MASK = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+
+
+def test_kl_estimators_are_unbiased_and_k3_nonnegative() -> None:
+    g = torch.Generator().manual_seed(0)
+    pi = torch.softmax(torch.randn(10, generator=g, dtype=torch.float64), 0)
+    ref = torch.softmax(torch.randn(10, generator=g, dtype=torch.float64), 0)
+    exact = float((pi * (pi.log() - ref.log())).sum())
+    y = torch.multinomial(pi, 400_000, replacement=True, generator=g)
+    k1, k3 = kl_k1(pi.log()[y], ref.log()[y]), kl_k3(pi.log()[y], ref.log()[y])
+    assert (k3 >= 0).all()
+    for est in (k1, k3):
+        stderr = float(est.std()) / len(est) ** 0.5
+        assert abs(float(est.mean()) - exact) < 4 * stderr
+
+
+def test_gae_matches_its_definition() -> None:
+    g = torch.Generator().manual_seed(1)
+    rewards, values = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    gamma, lam = 0.9, 0.8
+    adv, ret = gae_advantages(rewards * MASK, values, MASK, gamma, lam)
+    for b in range(3):
+        length = int(MASK[b].sum())
+        v = list(values[b, :length]) + [0.0]
+        deltas = [rewards[b, t] + gamma * v[t + 1] - v[t] for t in range(length)]
+        for t in range(length):
+            want = sum((gamma * lam) ** k * deltas[t + k] for k in range(length - t))
+            assert adv[b, t] == pytest.approx(float(want), abs=1e-5)
+            assert ret[b, t] == pytest.approx(float(want + v[t]), abs=1e-5)
+    assert (adv * (1 - MASK)).abs().sum() == 0
+
+
+def test_gae_without_values_is_reward_to_go() -> None:
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 0.0]])
+    adv, _ = gae_advantages(rewards, None, MASK[:1], gamma=1.0, lam=1.0)
+    assert adv.tolist() == [[6.0, 5.0, 3.0, 0.0]]
+
+
+def test_kl_penalized_rewards_put_score_on_last_token() -> None:
+    logp, ref = torch.full((3, 4), -1.0), torch.full((3, 4), -1.5)
+    score = torch.tensor([10.0, 20.0, 30.0])
+    r = kl_penalized_rewards(score, logp, ref, MASK, beta=0.1)
+    assert r[0].tolist() == pytest.approx([-0.05, -0.05, 9.95, 0.0])
+    assert r[1, 3] == pytest.approx(19.95) and r[2, 0] == pytest.approx(29.95)
+    total = sequence_kl_penalized_reward(score, logp, ref, MASK, beta=0.1)
+    assert torch.allclose(total, r.sum(-1))
+
+
+def test_ppo_gradient_is_policy_gradient_then_clips() -> None:
+    logp = torch.zeros(3, 4, requires_grad=True)
+    adv = torch.tensor([[1.0, -2.0, 3.0, 9.0]] * 3)
+    loss, clip_frac = ppo_policy_loss(logp, logp.detach(), adv, MASK)
+    loss.backward()
+    assert torch.allclose(logp.grad, -adv * MASK / MASK.sum())
+    assert clip_frac == 0
+    # ratio e^{0.5} > 1.2 with A > 0, and e^{-0.5} < 0.8 with A < 0: both clipped, no gradient
+    for shift, a in ((0.5, 1.0), (-0.5, -1.0)):
+        lp = torch.full((1, 2), shift, requires_grad=True)
+        loss, clip_frac = ppo_policy_loss(
+            lp, torch.zeros(1, 2), torch.full((1, 2), a), torch.ones(1, 2)
+        )
+        loss.backward()
+        assert lp.grad.abs().sum() == 0 and clip_frac == 1
+
+
+def test_value_loss_is_zero_at_target_and_clips() -> None:
+    ret = torch.randn(3, 4)
+    assert value_loss(ret, ret, ret, MASK) == 0
+    far = value_loss(ret + 5.0, ret + 5.0, ret, MASK)
+    assert far == pytest.approx(12.5)
+
+
+def test_rloo_is_leave_one_out_and_zero_sum() -> None:
+    r = torch.tensor([[1.0, 2.0, 6.0], [0.0, 0.0, 3.0]])
+    adv = rloo_advantages(r)
+    assert adv[0].tolist() == pytest.approx([1 - 4.0, 2 - 3.5, 6 - 1.5])
+    assert torch.allclose(adv.sum(-1), torch.zeros(2))
+    with pytest.raises(ValueError):
+        rloo_advantages(torch.ones(2, 1))
+
+
+def test_sft_loss_and_masked_helpers() -> None:
+    logp = torch.log(torch.tensor([[0.5, 0.25, 0.5, 0.9]]))
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    assert sft_loss(logp, mask) == pytest.approx(-(logp[0, :3].sum() / 3).item())
+    assert masked_mean(torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1.0, 1.0, 0.0]])) == 2.0
+    w = masked_whiten(torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1.0, 1.0, 0.0]]))
+    assert w[0].tolist() == pytest.approx([-1.0, 1.0, 0.0], abs=1e-4)
