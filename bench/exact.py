@@ -89,20 +89,17 @@ def plot(rows: list[dict], ns: list[int], path: Path) -> None:
     ax1.plot(
         [b["kl_to_ref"] for b in bon], [b["win_rate"] for b in bon], "k-o", label="BoN (exact)"
     )
-    markers = {
-        "vBoN-exact": "s",
-        "vBoN-l1": "^",
-        "BoN-SFT": "D",
-        "KL-RL": "x",
-        "vBoN-exact (F_hat": "v",
-    }
-    for prefix, marker in markers.items():
-        pts = [row for row in rows if row["method"].startswith(prefix)]
+    styles = [
+        ("vBoN-exact", "s"),
+        ("vBoN-exact (F_hat, M=300)", "v"),
+        ("vBoN-l1", "^"),
+        ("BoN-SFT", "D"),
+        ("KL-RL", "x"),
+    ]
+    for label, marker in styles:
+        pts = [row for row in rows if row["method"].split(" (beta")[0] == label]
         ax1.scatter(
-            [q["kl_to_ref"] for q in pts],
-            [q["win_rate"] for q in pts],
-            marker=marker,
-            label=prefix.rstrip(" ("),
+            [q["kl_to_ref"] for q in pts], [q["win_rate"] for q in pts], marker=marker, label=label
         )
     ax1.set(
         xlabel="KL(pi || pi_ref) [nats]",

@@ -42,7 +42,7 @@ def test_gae_matches_its_definition() -> None:
     adv, ret = gae_advantages(rewards * MASK, values, MASK, gamma, lam)
     for b in range(3):
         length = int(MASK[b].sum())
-        v = list(values[b, :length]) + [0.0]
+        v = [*values[b, :length].tolist(), 0.0]
         deltas = [rewards[b, t] + gamma * v[t + 1] - v[t] for t in range(length)]
         for t in range(length):
             want = sum((gamma * lam) ** k * deltas[t + k] for k in range(length - t))

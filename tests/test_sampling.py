@@ -174,3 +174,23 @@ def test_missing_prompt_column_is_one_clear_line(tmp_path: Path) -> None:
         .startswith("vbon: error: data.prompt_column = 'prompt'")
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_chat_template_renders_prompts_for_an_instruct_model() -> None:
+    """With data.chat_template the prompt is wrapped in the model's chat format before sampling;
+    the reward still sees the raw prompt."""
+    from vbon.data.prompts import Prompt
+    from vbon.sampling.actor import Sampler
+
+    cfg = _cfg(
+        model={"name_or_path": "builtin:smollm2-135m-instruct"},
+        data={"chat_template": True},
+        sampling={"max_new_tokens": 6},
+    )
+    sampler = Sampler(cfg)
+    rendered = sampler.render("Review this film.")
+    assert rendered.count("Review this film.") == 1 and rendered != "Review this film."
+    assert "<|im_start|>" in rendered
+    [row] = sampler.run([Prompt(0, "Write one word.", "train")])
+    assert row["prompt"] == "Write one word."
+    assert len(row["completions"]) == 4 and all(n >= 1 for n in row["num_tokens"])

@@ -119,6 +119,9 @@ def run_sampling(cfg: WorkflowConfig, out: Path, progress: bool = True) -> Path:
     )
     start, new_samples = time.perf_counter(), 0
     pool = _Pool(cfg, min(cfg.resources.sampling_actors, len(todo))) if todo else None
+    if pool is not None:
+        ray.get([a.pid.remote() for a in pool.idle])  # models loaded: start-up ends here
+    ready = time.perf_counter()
     attempts: dict[int, int] = {}
     running: dict[ray.ObjectRef, tuple[object, int]] = {}
     while todo or running:
@@ -149,8 +152,15 @@ def run_sampling(cfg: WorkflowConfig, out: Path, progress: bool = True) -> Path:
         pool.idle.append(actor)
         new_samples += len(rows) * cfg.m
         bar.update(len(rows))
-        bar.set_postfix(samples_per_s=f"{new_samples / (time.perf_counter() - start):.1f}")
+        bar.set_postfix(samples_per_s=f"{new_samples / (time.perf_counter() - ready):.1f}")
     bar.close()
+    end = time.perf_counter()
+    manifest["timing"] = {
+        "startup_s": ready - start,
+        "sampling_s": end - ready,
+        "new_samples": new_samples,
+        "samples_per_s": new_samples / max(end - ready, 1e-9),
+    }
     manifest["status"] = "complete"
     write_json_atomic(out / "manifest.json", manifest)
     return out
