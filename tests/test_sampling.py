@@ -194,3 +194,11 @@ def test_chat_template_renders_prompts_for_an_instruct_model() -> None:
     [row] = sampler.run([Prompt(0, "Write one word.", "train")])
     assert row["prompt"] == "Write one word."
     assert len(row["completions"]) == 4 and all(n >= 1 for n in row["num_tokens"])
+
+
+def test_unloadable_model_fails_fast_with_one_line(tmp_path: Path) -> None:
+    cfg = _cfg(model={"name_or_path": str(tmp_path / "no-model")})
+    with pytest.raises(
+        VbonError, match=r"cannot load the tokenizer from model.name_or_path = '.*no-model'"
+    ):
+        run_sampling(cfg, tmp_path / "samples", progress=False)

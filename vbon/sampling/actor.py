@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
+import transformers
 
 from vbon.config import WorkflowConfig
 from vbon.data.prompts import Prompt
@@ -20,6 +21,7 @@ class Sampler:
         device = "cuda" if cfg.resources.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
         if device == "cpu":
             torch.set_num_threads(max(1, int(cfg.resources.cpus_per_actor)))
+        transformers.logging.disable_progress_bar()
         self.cfg = cfg
         self.tok = load_tokenizer(cfg.model)
         self.model = load_causal_lm(cfg.model, device=device)
