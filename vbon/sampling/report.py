@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -44,8 +45,10 @@ def bon_table(samples: Path, n_values: list[int], split: str = "test") -> list[d
 def format_table(rows: list[dict]) -> str:
     lines = ["  N   mean reward        win rate vs reference"]
     for r in rows:
-        lines.append(
-            f"{r['n']:>3}   {r['mean_reward']:+.3f} ± {r['reward_se']:.3f}     "
-            f"{r['win_rate']:.3f} ± {r['win_rate_se']:.3f}"
+        win = (
+            "n/a (N = M: no unseen samples)"
+            if math.isnan(r["win_rate"])
+            else f"{r['win_rate']:.3f} ± {r['win_rate_se']:.3f}"
         )
+        lines.append(f"{r['n']:>3}   {r['mean_reward']:+.3f} ± {r['reward_se']:.3f}     {win}")
     return "\n".join(lines)
