@@ -83,6 +83,11 @@ def run(ns: list[int], out: Path) -> dict:
     return result
 
 
+def _base(method: str) -> str:
+    """The method's name without its tuned beta."""
+    return method.split(" (beta")[0]
+
+
 def plot(rows: list[dict], ns: list[int], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     bon = [row for row in rows if row["method"] == "BoN"]
@@ -97,7 +102,7 @@ def plot(rows: list[dict], ns: list[int], path: Path) -> None:
         ("KL-RL", "x"),
     ]
     for label, marker in styles:
-        pts = [row for row in rows if row["method"].split(" (beta")[0] == label]
+        pts = [row for row in rows if _base(row["method"]) == label]
         ax1.scatter(
             [q["kl_to_ref"] for q in pts], [q["win_rate"] for q in pts], marker=marker, label=label
         )
@@ -107,12 +112,10 @@ def plot(rows: list[dict], ns: list[int], path: Path) -> None:
         title="Win rate vs KL (toy world)",
     )
     ax1.legend(fontsize=8)
-    methods = [m for m in dict.fromkeys(row["method"] for row in rows) if m not in ("BoN",)]
+    names = list(dict.fromkeys(_base(row["method"]) for row in rows if row["method"] != "BoN"))
     width = 0.8 / len(ns)
     for i, n in enumerate(ns):
-        vals = {row["method"].split(" (beta")[0]: row["kl_to_bon"] for row in rows if row["n"] == n}
-        names = [m.split(" (beta")[0] for m in methods if m.split(" (beta")[0] in vals]
-        names = list(dict.fromkeys(names))
+        vals = {_base(row["method"]): row["kl_to_bon"] for row in rows if row["n"] == n}
         ax2.bar(
             [j + i * width for j in range(len(names))],
             [vals[m] for m in names],
