@@ -181,6 +181,7 @@ def test_chat_template_renders_prompts_for_an_instruct_model() -> None:
     the reward still sees the raw prompt."""
     from vbon.data.prompts import Prompt
     from vbon.sampling.actor import Sampler
+    from vbon.sampling.generate import render_prompt
 
     cfg = _cfg(
         model={"name_or_path": "builtin:smollm2-135m-instruct"},
@@ -188,7 +189,7 @@ def test_chat_template_renders_prompts_for_an_instruct_model() -> None:
         sampling={"max_new_tokens": 6},
     )
     sampler = Sampler(cfg)
-    rendered = sampler.render("Review this film.")
+    rendered = render_prompt(sampler.tok, "Review this film.", chat_template=True)
     assert rendered.count("Review this film.") == 1 and rendered != "Review this film."
     assert "<|im_start|>" in rendered
     [row] = sampler.run([Prompt(0, "Write one word.", "train")])

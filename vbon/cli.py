@@ -9,6 +9,7 @@ from pathlib import Path
 
 from vbon.config import WorkflowConfig, load_workflow
 from vbon.errors import VbonError
+from vbon.manifest import read_manifest
 
 DEFAULT_WORKFLOW = Path(__file__).resolve().parent.parent / "workflows" / "quickstart.yaml"
 
@@ -35,6 +36,26 @@ def _sample(args: argparse.Namespace) -> int:
     with ray_session(cfg.resources):
         run_sampling(cfg, out)
     print(f"samples: {out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from vbon.ray_runtime import ray_session
+    from vbon.sampling.stage import run_sampling
+    from vbon.training.stage import run_training
+
+    cfg = _load(args)
+    run_dir = Path(cfg.run_dir) / cfg.name
+    out = args.out or run_dir / "train"
+    with ray_session(cfg.resources):
+        samples = run_sampling(cfg, run_dir / "samples")
+        out = run_training(cfg, samples, out)
+    final = read_manifest(out)["final_metrics"]
+    shown = ", ".join(f"{k} {final[k]:.4g}" for k in ("reward", "kl", "loss") if k in final)
+    print(f"trained ({cfg.training.algorithm}, {cfg.training.steps} steps): {shown}")
+    print(
+        f"model: {out / 'model'}  curves: {out / 'training.png'}  tensorboard: {out / 'tensorboard'}"
+    )
     return 0
 
 
@@ -69,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workflow", type=Path)
     p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/NAME/samples)")
     p.set_defaults(func=_sample)
+    p = sub.add_parser("train", help="fine-tune the policy (vBoN or a baseline) with Ray Train")
+    p.add_argument("workflow", type=Path, nargs="?")
+    p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/NAME/train)")
+    p.set_defaults(func=_train)
     p = sub.add_parser("run", help="run a workflow's stages (default: workflows/quickstart.yaml)")
     p.add_argument("workflow", type=Path, nargs="?")
     p.set_defaults(func=_run)

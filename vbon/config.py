@@ -105,6 +105,9 @@ class TrainingConfig(_Section):
     optimizer: Literal["ppo", "rloo"] = "ppo"
     beta: float | None = Field(None, gt=0.0)
     learning_rate: float = Field(1e-5, gt=0.0, lt=1.0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    max_grad_norm: float = Field(1.0, ge=0.0)
+    value_coef: float = Field(0.1, ge=0.0)
     steps: int = Field(100, ge=1)
     prompts_per_step: int = Field(8, ge=1)
     samples_per_prompt: int = Field(1, ge=1)
@@ -119,6 +122,7 @@ class TrainingConfig(_Section):
     zero_stage: Literal[0, 1, 2, 3] = 2
     cpu_offload: bool = False
     checkpoint_every: int = Field(50, ge=1)
+    max_failures: int = Field(2, ge=0)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -196,6 +200,11 @@ class WorkflowConfig(_Section):
     def _n_within_m(self) -> WorkflowConfig:
         if self.m < self.n:
             raise ValueError(f"m ({self.m}) must be >= n ({self.n}): BoN needs N of the M samples")
+        if self.training.prompts_per_step % self.resources.train_workers:
+            raise ValueError(
+                f"training.prompts_per_step ({self.training.prompts_per_step}) must be a multiple "
+                f"of resources.train_workers ({self.resources.train_workers})"
+            )
         too_big = [k for k in self.evaluation.n_values if k > self.m]
         if too_big:
             raise ValueError(f"evaluation.n_values {too_big} exceed m ({self.m})")

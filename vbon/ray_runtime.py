@@ -22,6 +22,7 @@ def ray_session(resources: ResourcesConfig) -> Iterator[None]:
         return
     if resources.ray_address is None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # reports return sooner
     ray.init(address=resources.ray_address, include_dashboard=False, log_to_driver=True)
     try:
         yield

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from vbon.core.bon import log_bon_prob
+from vbon.core.cdf import log_empirical_cdf
 
 
 def beta_from_n(n: int) -> float:
@@ -39,3 +40,28 @@ def exact_reward(log_cdf: torch.Tensor, ref_logprob: torch.Tensor, n: int) -> to
     exactly at pi_BoN.
     """
     return (log_bon_prob(log_cdf, ref_logprob, n) - ref_logprob) / (n - 1)
+
+
+def policy_score(
+    algorithm: str,
+    vbon_reward: str,
+    rewards: torch.Tensor,
+    ref_rewards: torch.Tensor,
+    ref_mask: torch.Tensor,
+    ref_seq_logprob: torch.Tensor,
+    n: int,
+) -> torch.Tensor:
+    """The sequence score that the RL step maximises, per sample, [P, k].
+
+    `kl_rl` keeps the raw reward r(y). `vbon` maps it through F_hat, estimated from that prompt's
+    reference rewards [P, M] (padded, `ref_mask`): log F_hat(r) for `l1`, and for `exact`
+    (log pi_BoN(y) - log pi_ref(y)) / (N-1) with the sequence log-probability [P, k] under pi_ref.
+    """
+    if algorithm == "kl_rl":
+        return rewards
+    if algorithm != "vbon":
+        raise ValueError(f"no RL score for algorithm {algorithm!r}")
+    log_cdf = log_empirical_cdf(rewards, ref_rewards, ref_mask)
+    if vbon_reward == "l1":
+        return l1_reward(log_cdf)
+    return exact_reward(log_cdf, ref_seq_logprob, n)

@@ -11,7 +11,7 @@ from vbon.config import WorkflowConfig
 from vbon.data.prompts import Prompt
 from vbon.models import load_causal_lm, load_tokenizer
 from vbon.rewards import build_scorer
-from vbon.sampling.generate import generate, row_seed
+from vbon.sampling.generate import generate, render_prompt, row_seed
 
 
 class Sampler:
@@ -30,12 +30,6 @@ class Sampler:
     def pid(self) -> int:
         return os.getpid()
 
-    def render(self, text: str) -> str:
-        if not self.cfg.data.chat_template:
-            return text
-        messages = [{"role": "user", "content": text}]
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
     def run(self, prompts: list[Prompt]) -> list[dict]:
         """One row per prompt: its M completions, rewards, log-probabilities and token counts."""
         m, seed = self.cfg.m, self.cfg.sampling.seed
@@ -43,7 +37,7 @@ class Sampler:
         out = generate(
             self.model,
             self.tok,
-            [self.render(p.text) for p in prompts],
+            [render_prompt(self.tok, p.text, self.cfg.data.chat_template) for p in prompts],
             seeds,
             self.cfg.sampling,
             add_special_tokens=not self.cfg.data.chat_template,

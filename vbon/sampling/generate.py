@@ -22,6 +22,14 @@ def row_seed(seed: int, prompt_id: int, sample: int) -> int:
     return (((seed * 1_000_003) ^ (prompt_id * 7_919)) * 104_729 + sample) % (2**63 - 1)
 
 
+def render_prompt(tok: PreTrainedTokenizerBase, text: str, chat_template: bool) -> str:
+    """The prompt as the model sees it: raw, or as one user turn of the tokenizer's chat template."""
+    if not chat_template:
+        return text
+    messages = [{"role": "user", "content": text}]
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def warp_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """log q: temperature, then top-k (0 = off), then nucleus top-p (1 = off), renormalised."""
     logits = logits / temperature
@@ -68,7 +76,7 @@ class Completions:
     num_tokens: list[int]
 
 
-def _completion_lengths(tokens: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
+def completion_lengths(tokens: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
     """Tokens up to and including the first EOS; trailing PAD after a stop string excluded."""
     t = tokens.shape[1]
     pos = torch.arange(t)
@@ -109,7 +117,7 @@ def generate(
         tokenizer=tok if cfg.stop else None,
     )
     tokens = out[:, enc.input_ids.shape[1] :].cpu()
-    lengths = _completion_lengths(tokens, tok.eos_token_id, tok.pad_token_id)
+    lengths = completion_lengths(tokens, tok.eos_token_id, tok.pad_token_id)
     mask = torch.arange(tokens.shape[1]) < lengths[:, None]
     ref_lp = (torch.stack(sampler.ref_logprobs, 1)[:, : tokens.shape[1]] * mask).sum(-1)
     smp_lp = (torch.stack(sampler.sample_logprobs, 1)[:, : tokens.shape[1]] * mask).sum(-1)

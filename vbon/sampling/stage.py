@@ -185,12 +185,18 @@ def run_sampling(cfg: WorkflowConfig, out: Path, progress: bool = True) -> Path:
     return out
 
 
-def load_samples(out: Path, split: str | None = None):
-    """The sampling output as a `datasets.Dataset` sorted by prompt id, optionally one split."""
-    import datasets
+def read_samples(out: Path, split: str | None = None) -> pa.Table:
+    """The sampling output as an Arrow table sorted by prompt id, optionally one split."""
     import pyarrow.compute as pc
 
     table = pq.read_table(Path(out) / "data", schema=SCHEMA).sort_by("prompt_id")
     if split is not None:
         table = table.filter(pc.equal(table["split"], split))
-    return datasets.Dataset(table)
+    return table
+
+
+def load_samples(out: Path, split: str | None = None):
+    """The sampling output as a `datasets.Dataset` sorted by prompt id, optionally one split."""
+    import datasets
+
+    return datasets.Dataset(read_samples(out, split))

@@ -49,6 +49,9 @@ class TabularPolicy(nn.Module):
             code = code * self.vocab + seqs[:, t]
         return ids
 
+    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
+        return self.token_logprobs(seqs)
+
     def token_logprobs(self, seqs: torch.Tensor) -> torch.Tensor:
         """log pi(y_t | y_<t), [B, L]."""
         logp = torch.log_softmax(self.logits[self._prefix_ids(seqs)], dim=-1)

@@ -1,0 +1,254 @@
+"""The training stage: a real local Ray, 2 Ray Train workers, DeepSpeed ZeRO-2 and ZeRO-3 on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from vbon.config import ResourcesConfig, TrainingConfig, parse_workflow
+from vbon.core.bon import bon_probs
+from vbon.errors import VbonError
+from vbon.plots import read_steps
+from vbon.sampling.stage import run_sampling
+from vbon.toy.task import ToyTask
+from vbon.toy.train import ToyRun, train_toy
+from vbon.toy.world import TabularPolicy, all_sequences, kl
+from vbon.training.loop import TrainJob, step_prompts
+from vbon.training.stage import fit, run_training
+
+TESTS = Path(__file__).resolve().parent
+pytestmark = pytest.mark.slow
+# long enough to interrupt after step 7: about 0.05 s per step under ZeRO-2, 0.25 s under ZeRO-3
+STEPS_TO_INTERRUPT = {2: 150, 3: 50}
+
+
+def _env() -> dict[str, str]:
+    pythonpath = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    return {
+        "PYTHONPATH": pythonpath,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+        "DS_ACCELERATOR": "cpu",
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray(tiny_path):
+    os.environ.update({k: v for k, v in _env().items() if k != "PYTHONPATH"})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"PYTHONPATH": _env()["PYTHONPATH"]}},
+    )
+    yield
+    ray.shutdown()
+
+
+def _raw(**training) -> dict:
+    return {
+        "name": "t",
+        "n": 8,
+        "m": 16,
+        "model": {"name_or_path": "builtin:tiny"},
+        "reward": {"kind": "callable", "function": "reward_fns:letter_e_share"},
+        "data": {"max_prompts": 20},
+        "sampling": {"batch_size": 32, "max_new_tokens": 12},
+        "evaluation": {"n_values": [1, 2]},
+        "resources": {"sampling_actors": 2, "train_workers": 2},
+        "training": {
+            "prompts_per_step": 8,
+            "samples_per_prompt": 4,
+            "learning_rate": 2e-3,
+            "steps": 20,
+            "checkpoint_every": 10,
+            **training,
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory) -> Path:
+    return run_sampling(parse_workflow(_raw()), tmp_path_factory.mktemp("s") / "samples", False)
+
+
+def _train(samples: Path, out: Path, **training) -> tuple[Path, list[dict]]:
+    out = run_training(parse_workflow(_raw(**training)), samples, out)
+    return out, read_steps(out / "metrics.jsonl")
+
+
+def _mean(steps: list[dict], key: str) -> float:
+    return sum(s[key] for s in steps) / len(steps)
+
+
+@pytest.mark.parametrize(
+    ("stage", "optimizer"), [(2, "rloo"), (3, "ppo")], ids=["zero2-rloo", "zero3-ppo"]
+)
+def test_vbon_raises_the_reward_and_exports_a_loadable_model(
+    samples: Path, tmp_path: Path, tiny_path: Path, stage: int, optimizer: str
+) -> None:
+    out, steps = _train(samples, tmp_path / "train", zero_stage=stage, optimizer=optimizer)
+    assert [s["step"] for s in steps] == list(range(1, 21))
+    assert _mean(steps[-5:], "reward") > _mean(steps[:5], "reward")
+    assert all(s["kl"] >= -0.5 and s["tokens_per_s"] > 0 for s in steps)
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
+    assert (out / "training.png").stat().st_size > 10_000
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["final_metrics"]["step"] == 20
+
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    model = AutoModelForCausalLM.from_pretrained(out / "model", use_safetensors=True)
+    ids = tok("The film opens", return_tensors="pt")
+    text = tok.decode(model.generate(**ids, max_new_tokens=8, do_sample=False)[0])
+    assert text.startswith("The film opens") and len(text) > len("The film opens")
+    ref = AutoModelForCausalLM.from_pretrained(tiny_path, use_safetensors=True)
+    diffs = [
+        (a - b).abs().max().item()
+        for a, b in zip(model.parameters(), ref.parameters(), strict=True)
+    ]
+    assert max(diffs) > 1e-4  # the fine-tuned weights moved away from the reference
+
+    again = run_training(parse_workflow(_raw(zero_stage=stage, optimizer=optimizer)), samples, out)
+    assert again == out and read_steps(out / "metrics.jsonl") == steps  # complete: skipped
+
+
+def test_baselines_kl_rl_and_bon_sft_run(samples: Path, tmp_path: Path) -> None:
+    _, kl_rl = _train(samples, tmp_path / "klrl", algorithm="kl_rl", beta=0.05, steps=6)
+    assert len(kl_rl) == 6 and all("kl" in s and "reward" in s for s in kl_rl)
+    _, sft = _train(
+        samples, tmp_path / "sft", algorithm="bon_sft", steps=12, zero_stage=3, trainable="lora"
+    )
+    assert _mean(sft[-3:], "loss") < _mean(sft[:3], "loss")  # NLL of the best-of-N targets falls
+
+
+def test_top_layers_freezes_the_rest(samples: Path, tmp_path: Path, tiny_path: Path) -> None:
+    out, _ = _train(samples, tmp_path / "top", trainable="top_layers", top_layers=1, steps=4)
+    model = AutoModelForCausalLM.from_pretrained(out / "model", use_safetensors=True)
+    ref = AutoModelForCausalLM.from_pretrained(tiny_path)
+    changed = {
+        name
+        for (name, a), (_, b) in zip(model.named_parameters(), ref.named_parameters(), strict=True)
+        if not torch.equal(a, b)
+    }
+    assert changed and all(name.startswith("transformer.h.1.") for name in changed)
+
+
+def _wait_for_step(metrics: Path, step: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metrics.is_file() and any(s["step"] >= step for s in read_steps(metrics)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"training never reached step {step}")
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_killed_worker_is_recovered_from_the_last_checkpoint(
+    samples: Path, tmp_path: Path, stage: int
+) -> None:
+    out = tmp_path / "train"
+    steps = STEPS_TO_INTERRUPT[stage]
+    cfg = parse_workflow(_raw(zero_stage=stage, steps=steps, checkpoint_every=5))
+    done: dict = {}
+    thread = threading.Thread(
+        target=lambda: done.setdefault("out", run_training(cfg, samples, out))
+    )
+    thread.start()
+    _wait_for_step(out / "metrics.jsonl", 7)
+    os.kill(int((out / "pids" / "rank-1").read_text()), signal.SIGKILL)
+    thread.join(timeout=300)
+    assert done.get("out") == out.resolve()
+    events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    [resume] = [e for e in events if e.get("event") == "resume"]
+    assert resume["step"] % 5 == 0 and resume["step"] >= 5
+    assert resume["optimizer_steps"] == resume["step"]  # Adam's state came back with the weights
+    assert [s["step"] for s in read_steps(out / "metrics.jsonl")] == list(range(1, steps + 1))
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_stopped_run_resumes_from_its_checkpoint(samples: Path, tmp_path: Path, stage: int) -> None:
+    steps = STEPS_TO_INTERRUPT[stage]
+    raw = _raw(zero_stage=stage, steps=steps, checkpoint_every=5)
+    workflow = tmp_path / "wf.yaml"
+    workflow.write_text(yaml.safe_dump({**raw, "run_dir": str(tmp_path / "runs")}))
+    (tmp_path / "runs" / "t").mkdir(parents=True)
+    os.symlink(samples, tmp_path / "runs" / "t" / "samples")
+    env = {**os.environ, **_env()}
+    cmd = [sys.executable, "-m", "vbon.cli", "train", str(workflow)]
+    out = tmp_path / "runs" / "t" / "train"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_for_step(out / "metrics.jsonl", 7)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "interrupted" in err.decode()
+    stopped_at = max(s["step"] for s in read_steps(out / "metrics.jsonl"))
+    assert stopped_at < steps
+    assert json.loads((out / "manifest.json").read_text())["status"] == "running"
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"trained (vbon, {steps} steps)" in rerun.stdout
+    events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    [resume] = [e for e in events if e.get("event") == "resume"]
+    assert 5 <= resume["step"] <= stopped_at and resume["step"] % 5 == 0
+    assert resume["optimizer_steps"] == resume["step"]
+    assert [s["step"] for s in read_steps(out / "metrics.jsonl")] == list(range(1, steps + 1))
+
+
+def test_nan_reward_during_training_fails_with_one_line(samples: Path, tmp_path: Path) -> None:
+    raw = _raw(max_failures=0)
+    raw["reward"] = {"kind": "callable", "function": "reward_fns:always_nan"}
+    with pytest.raises(VbonError) as err:
+        run_training(parse_workflow(raw), samples, tmp_path / "train")
+    message = str(err.value)
+    assert message.startswith("training failed: ") and "\n" not in message
+    assert "reward nan (not finite) for completion 0 of prompt" in message
+    assert "Traceback" not in message
+
+
+def test_step_prompts_cover_every_prompt_once_per_epoch() -> None:
+    seen = [i for step in range(5) for i in step_prompts(10, 4, step, seed=3)]
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
+    assert step_prompts(10, 4, 2, seed=3) == step_prompts(10, 4, 2, seed=3)
+
+
+def test_toy_world_through_the_distributed_trainer_matches_single_process(tmp_path: Path) -> None:
+    """vBoN-exact in the enumerable toy world: 2 Ray Train workers with DeepSpeed reach the same
+    KL(pi || pi_BoN) as the single-process harness."""
+    run = ToyRun("vbon_exact", n=4)
+    task = ToyTask(run)
+    task.setup(torch.device("cpu"))
+    seqs = all_sequences(task.vocab, task.length)
+    target = bon_probs(task.ref.probs(), task.reward(seqs), run.n)
+    single = kl(train_toy(task.ref, task.reward, run).probs(), target)
+
+    training = TrainingConfig(
+        algorithm="vbon",
+        vbon_reward="exact",
+        optimizer="rloo",
+        learning_rate=run.lr,
+        lr_schedule="cosine",
+        max_grad_norm=0.0,
+        steps=run.steps,
+        prompts_per_step=2,
+        samples_per_prompt=run.batch_size // 2,
+        zero_stage=2,
+        checkpoint_every=run.steps,
+    )
+    job = TrainJob(training, 1 / (run.n - 1), lambda: ToyTask(run), str(tmp_path / "log"))
+    final = fit(job, ResourcesConfig(train_workers=2), tmp_path / "store")
+    logits = torch.load(final / "model" / "logits.pt").double()
+    distributed = kl(TabularPolicy(task.vocab, task.length, logits).probs(), target)
+    assert distributed <= 0.01
+    assert abs(distributed - single) <= 0.01

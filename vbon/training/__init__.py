@@ -1,0 +1,1 @@
+"""Distributed policy optimisation: Ray Train workers, each with a DeepSpeed ZeRO engine."""

@@ -1,0 +1,95 @@
+"""DeepSpeed on each Ray Train worker: the ZeRO config, the optimiser, checkpoints, full weights."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from vbon.config import TrainingConfig
+
+
+def deepspeed_config(t: TrainingConfig, micro_batch: int, bf16: bool) -> dict:
+    """ZeRO stage and CPU offload from the config. Tiny parameters are partitioned too under
+    ZeRO-3 (persistence threshold 0), and offload keeps the torch optimiser (no DeepSpeedCPUAdam
+    build)."""
+    zero: dict = {"stage": t.zero_stage}
+    if t.zero_stage == 3:
+        zero["stage3_param_persistence_threshold"] = 0
+    if t.cpu_offload:
+        zero["offload_optimizer"] = {"device": "cpu"}
+        if t.zero_stage == 3:
+            zero["offload_param"] = {"device": "cpu"}
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": t.max_grad_norm,
+        "zero_optimization": zero,
+        "zero_force_ds_cpu_optimizer": False,
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def lr_lambda(t: TrainingConfig) -> Callable[[int], float]:
+    """Multiplier of the learning rate per optimiser step: 1, or a cosine decay to 0."""
+    total = t.steps * t.ppo_epochs
+    if t.lr_schedule == "cosine":
+        return lambda i: 0.5 * (1.0 + math.cos(math.pi * min(i, total) / total))
+    return lambda i: 1.0
+
+
+@contextmanager
+def zero3_init(ds_config: dict):
+    """While building the policy under ZeRO-3, `from_pretrained` loads weights already
+    partitioned over the ranks (transformers' HfDeepSpeedConfig); a no-op otherwise."""
+    if ds_config["zero_optimization"]["stage"] != 3:
+        yield
+        return
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    keep = HfDeepSpeedConfig(ds_config)  # noqa: F841  (transformers holds only a weak reference)
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+
+
+def initialize(policy: nn.Module, t: TrainingConfig, ds_config: dict):
+    """The DeepSpeed engine over the trainable parameters, AdamW and the LR schedule."""
+    import deepspeed
+
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(t))
+    engine, *_ = deepspeed.initialize(
+        model=policy, optimizer=opt, lr_scheduler=sched, config=ds_config
+    )
+    return engine
+
+
+def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
+    """Every weight of the trained module on rank 0 (None elsewhere). Under ZeRO-3 this is a
+    collective: every rank must call it."""
+    if engine.zero_optimization_stage() == 3:
+        return engine._zero3_consolidated_16bit_state_dict()
+    return engine.module.state_dict() if engine.global_rank == 0 else None
+
+
+def optimizer_steps(engine) -> int:
+    """How many updates the optimiser state has seen (Adam's `step`), for resume checks."""
+    for group in engine.optimizer.param_groups:
+        for p in group["params"]:
+            state = engine.optimizer.state.get(p, {})
+            if "step" in state:
+                return int(state["step"])
+    opt = getattr(engine.optimizer, "optimizer", None)
+    if opt is not None:
+        for state in opt.state.values():
+            if "step" in state:
+                return int(state["step"])
+    return 0

@@ -1,0 +1,64 @@
+"""What the distributed trainer needs from a task: a policy to build, rollouts to score, and a
+forward pass giving per-token log-probabilities.
+
+A task owns everything but the optimisation: the frozen reference, the reward scorer and the
+per-prompt reference rewards (for F_hat). `LanguageModelTask` is the real one; `ToyTask` runs the
+enumerable toy world through the same Ray Train + DeepSpeed loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Batch:
+    """One worker's rollout: B = P prompts x k samples rows, prompt-major.
+
+    `input_ids`/`attention_mask` are [B, S] (prompt then completion); `mask` is [B, T] and marks
+    the completion tokens, the last T positions of `input_ids`. `ref_logprobs` [B, T] and `score`
+    [B] (the reward the step maximises) are None for supervised batches.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    mask: torch.Tensor
+    group_size: int
+    rewards: torch.Tensor | None = None
+    score: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> Batch:
+        moved = {
+            k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()
+        }
+        return Batch(**moved)
+
+
+class Task(Protocol):
+    num_prompts: int
+
+    def setup(self, device: torch.device) -> None:
+        """Load the reference and the scorer (before any ZeRO-3 context exists)."""
+
+    def build_policy(self, value_head: bool) -> nn.Module:
+        """The trainable module, initialised from the reference."""
+
+    def rollout(
+        self, policy: nn.Module, prompts: list[int], k: int, seed: int, synced: bool
+    ) -> Batch:
+        """k samples per prompt from the current policy, scored. `synced`: ZeRO-3 generation."""
+
+    def best_of_n(self, prompts: list[int]) -> Batch:
+        """For BoN-SFT: each prompt's best of its first N reference samples."""
+
+    def forward(self, policy: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """log pi(y_t) on the completion tokens [B, T], and values [B, T] if the policy has them."""
+
+    def export(self, policy: nn.Module, folder: Path) -> None:
+        """Write the trained policy where users load it from."""
