@@ -59,6 +59,42 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policies(specs: list[str], default: dict[str, Path]) -> dict[str, Path]:
+    """NAME=DIR pairs from --policy; the workflow's trained model when none is given."""
+    if not specs:
+        return default
+    policies = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise VbonError(
+                f"--policy {spec!r}: expected NAME=MODEL_DIR, e.g. vbon=runs/x/train/model"
+            )
+        policies[name] = Path(path)
+    return policies
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from vbon.evaluation.stage import run_evaluation
+    from vbon.ray_runtime import ray_session
+    from vbon.sampling.stage import run_sampling
+
+    cfg = _load(args)
+    run_dir = Path(cfg.run_dir) / cfg.name
+    trained = run_dir / "train" / "model"
+    default = {cfg.training.algorithm: trained} if trained.is_dir() else {}
+    policies = _policies(args.policy, default)
+    out = args.out or run_dir / "eval"
+    with ray_session(cfg.resources):
+        samples = run_sampling(cfg, run_dir / "samples")
+        out = run_evaluation(cfg, samples, policies, out)
+    print((out / "results.md").read_text().split("\n\n**Prompt:**")[0])
+    print(
+        f"\nresults: {out / 'results.json'}  plots: {out / 'pareto_win_rate.png'}, {out / 'pareto_reward.png'}"
+    )
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     """The stages that exist so far: reference sampling, then the BoN baseline on test prompts."""
     from vbon.ray_runtime import ray_session
@@ -94,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workflow", type=Path, nargs="?")
     p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/NAME/train)")
     p.set_defaults(func=_train)
+    p = sub.add_parser("evaluate", help="reward, win rates and KL of BoN and trained policies")
+    p.add_argument("workflow", type=Path, nargs="?")
+    p.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a model folder to evaluate (repeatable; default: the workflow's train/model)",
+    )
+    p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/NAME/eval)")
+    p.set_defaults(func=_evaluate)
     p = sub.add_parser("run", help="run a workflow's stages (default: workflows/quickstart.yaml)")
     p.add_argument("workflow", type=Path, nargs="?")
     p.set_defaults(func=_run)

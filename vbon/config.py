@@ -137,9 +137,14 @@ class TrainingConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    """Held-out evaluation: BoN at each of `n_values` (each <= M) and the trained policies."""
+    """Held-out evaluation on the test prompts: BoN at each of `n_values` (each <= M) from the
+    cached samples, and `samples_per_prompt` fresh samples of each trained policy; `bootstrap`
+    resamples of the prompts give 95% intervals (0 turns them off)."""
 
     n_values: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 2, 4])
+    samples_per_prompt: int = Field(4, ge=1)
+    max_prompts: int | None = Field(None, ge=2)
+    batch_size: int = Field(32, ge=1)
     num_examples: int = Field(3, ge=0)
     bootstrap: int = Field(1000, ge=0)
 

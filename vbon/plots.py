@@ -43,3 +43,75 @@ def training_curves(metrics_jsonl: Path, png: Path, title: str = "") -> Path:
     fig.savefig(png, dpi=120)
     plt.close(fig)
     return png
+
+
+def pareto_plot(rows: list[dict], metric: str, label: str, png: Path, title: str = "") -> Path:
+    """`metric` against KL to the reference: the BoN curve across N, one point per other method
+    with its standard errors, and the Pareto front (highest value at each KL) drawn through."""
+    from vbon.core.metrics import pareto_front
+
+    rows = [r for r in rows if r[metric]["mean"] == r[metric]["mean"]]  # drop NaN
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    bon = sorted((r for r in rows if r["kind"] == "bon"), key=lambda r: r["kl"]["mean"])
+    if bon:
+        ax.plot(
+            [r["kl"]["mean"] for r in bon],
+            [r[metric]["mean"] for r in bon],
+            "-o",
+            color="0.45",
+            label="BoN (N on the labels)",
+            zorder=2,
+        )
+        for r in bon:
+            ax.annotate(
+                f"N={r['n']}",
+                (r["kl"]["mean"], r[metric]["mean"]),
+                fontsize=8,
+                xytext=(4, -10),
+                textcoords="offset points",
+                color="0.35",
+            )
+    for r in rows:
+        if r["kind"] != "bon":
+            ax.errorbar(
+                r["kl"]["mean"],
+                r[metric]["mean"],
+                xerr=r["kl"]["se"],
+                yerr=r[metric]["se"],
+                fmt="s",
+                capsize=3,
+                label=r["method"],
+                zorder=3,
+            )
+    kls, values = [r["kl"]["mean"] for r in rows], [r[metric]["mean"] for r in rows]
+    front = sorted(
+        (k, v) for k, v, on in zip(kls, values, pareto_front(kls, values), strict=True) if on
+    )
+    ax.step(
+        [k for k, _ in front],
+        [v for _, v in front],
+        where="post",
+        color="tab:red",
+        alpha=0.6,
+        lw=1.5,
+        ls="--",
+        label="Pareto front",
+        zorder=1,
+    )
+    ax.scatter(
+        [k for k, _ in front],
+        [v for _, v in front],
+        s=160,
+        facecolors="none",
+        edgecolors="tab:red",
+        zorder=4,
+    )
+    ax.set_xlabel("KL(pi || pi_ref)  (nats)")
+    ax.set_ylabel(label)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png

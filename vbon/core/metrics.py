@@ -22,3 +22,34 @@ def mean_and_stderr(x: torch.Tensor) -> tuple[float, float]:
     x = x.double()
     stderr = float(x.std(unbiased=True) / len(x) ** 0.5) if len(x) > 1 else float("nan")
     return float(x.mean()), stderr
+
+
+def win_rate_vs_reward(rewards: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """1 where `rewards` beats `other`, 0.5 on a tie, 0 otherwise (broadcasting)."""
+    return (rewards > other).double() + 0.5 * (rewards == other).double()
+
+
+def bootstrap_interval(
+    per_prompt: torch.Tensor, resamples: int, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean, resampling prompts with replacement."""
+    if resamples <= 0 or len(per_prompt) < 2:
+        return float("nan"), float("nan")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(per_prompt), (resamples, len(per_prompt)), generator=g)
+    means = per_prompt.double()[idx].mean(-1)
+    lo, hi = torch.quantile(
+        means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    )
+    return float(lo), float(hi)
+
+
+def pareto_front(kl: list[float], value: list[float]) -> list[bool]:
+    """True for points that no other point dominates (KL no higher and value no lower, one of
+    them strictly): the best value reachable at each drift from the reference."""
+    return [
+        not any(
+            (k2 <= k and v2 >= v) and (k2 < k or v2 > v) for k2, v2 in zip(kl, value, strict=True)
+        )
+        for k, v in zip(kl, value, strict=True)
+    ]

@@ -74,6 +74,7 @@ class Completions:
     ref_logprob: list[float]
     sample_logprob: list[float]
     num_tokens: list[int]
+    token_ids: list[list[int]]
 
 
 def completion_lengths(tokens: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
@@ -125,4 +126,5 @@ def generate(
         tok.decode(row[:n], skip_special_tokens=True)
         for row, n in zip(tokens, lengths, strict=True)
     ]
-    return Completions(texts, ref_lp.tolist(), smp_lp.tolist(), lengths.tolist())
+    ids = [row[:n].tolist() for row, n in zip(tokens, lengths, strict=True)]
+    return Completions(texts, ref_lp.tolist(), smp_lp.tolist(), lengths.tolist(), ids)

@@ -16,6 +16,7 @@ from transformers import PreTrainedModel
 from vbon.config import WorkflowConfig
 from vbon.core.vbon_reward import policy_score
 from vbon.models import load_causal_lm, load_tokenizer
+from vbon.models.logprobs import completion_logprobs, forward_logprobs, positions
 from vbon.rewards import build_scorer
 from vbon.sampling.generate import completion_lengths, render_prompt
 from vbon.sampling.stage import read_samples
@@ -38,11 +39,10 @@ class PolicyModel(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        positions = (attention_mask.cumsum(-1) - 1).clamp_min(0)
         out = self.lm(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=positions,
+            position_ids=positions(attention_mask),
             output_hidden_states=self.value_head is not None,
         )
         values = None
@@ -70,15 +70,6 @@ def select_trainable(lm: nn.Module, trainable: str, top_layers: int, lora_rank: 
         for block in blocks[-top_layers:]:
             block.requires_grad_(True)
     return lm
-
-
-def completion_logprobs(
-    logits: torch.Tensor, input_ids: torch.Tensor, num_completion: int, temperature: float
-) -> torch.Tensor:
-    """log softmax(logits / T) of each completion token, [B, T]: position t predicts token t+1."""
-    logits = logits[:, -num_completion - 1 : -1].float() / temperature
-    targets = input_ids[:, -num_completion:]
-    return torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 class LanguageModelTask:
@@ -150,13 +141,8 @@ class LanguageModelTask:
             group_size=k,
             rewards=rewards,
         ).to(self.device)
-        logits = self.reference(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp_min(0),
-        ).logits
-        batch.ref_logprobs = completion_logprobs(
-            logits, batch.input_ids, mask.shape[1], s.temperature
+        batch.ref_logprobs = forward_logprobs(
+            self.reference, batch.input_ids, batch.attention_mask, mask.shape[1], s.temperature
         )
         batch.score = self._score(prompts, k, rewards, batch.ref_logprobs, batch.mask)
         return batch

@@ -1,0 +1,156 @@
+"""Evaluation: sample-based estimates against exact values in the toy world, and `vbon evaluate`
+end to end on the tiny model with a real local Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from vbon.core.bon import bon_kl_bound, bon_probs, win_rate_vs_ref
+from vbon.core.metrics import pareto_front
+from vbon.evaluation.metrics import bon_row, policy_row, reference_row
+from vbon.toy.world import all_sequences, distinct_reward, kl, random_reference, tied_reward
+
+TESTS = Path(__file__).resolve().parent
+P, K, M = 400, 4, 16
+
+
+def _within(est: dict, exact: float, sigmas: float = 3.0) -> bool:
+    return abs(est["mean"] - exact) <= sigmas * est["se"]
+
+
+@pytest.mark.parametrize("reward_kind", ["distinct", "tied"])
+def test_policy_estimates_agree_with_exact_values(reward_kind: str) -> None:
+    """A policy sampled k times per prompt, against M reference samples per prompt: reward, both
+    win rates and both KL estimates land within their intervals of the enumerated truth."""
+    ref, policy = random_reference(4, 4, seed=0), random_reference(4, 4, seed=3, scale=0.7)
+    reward = distinct_reward(4, 4, seed=1) if reward_kind == "distinct" else tied_reward(0)
+    seqs = all_sequences(4, 4)
+    p, q, r = ref.probs(), policy.probs(), reward(seqs)
+    g = torch.Generator().manual_seed(0)
+    ys = policy.sample(P * K, g)
+    with torch.no_grad():
+        logp = policy.token_logprobs(ys).sum(-1)
+        ref_logp = ref.token_logprobs(ys).sum(-1)
+    k1 = (logp - ref_logp).view(P, K)
+    k3 = (torch.expm1(ref_logp - logp) - (ref_logp - logp)).view(P, K)  # sequence-level k3
+    ref_rewards = reward(ref.sample(P * M, g)).view(P, M)
+    bon = ref_rewards[:, :4].max(-1).values
+    row = policy_row("pi", reward(ys).view(P, K), k1, k3, ref_rewards, bon, resamples=200)
+
+    win = float(win_rate_vs_ref(q, p, r))
+    assert _within(row["reward"], float((q * r).sum()))
+    assert _within(row["win_rate"], win)
+    assert _within(row["win_rate_first"], win)
+    assert _within(row["kl"], kl(q, p))
+    assert _within(row["kl_k3"], kl(q, p))
+    assert row["win_rate"]["se"] < row["win_rate_first"]["se"]  # M samples: lower variance
+    lo, hi = row["reward"]["ci"]
+    assert lo < row["reward"]["mean"] < hi
+    # against BoN at N=4: P(r(y) > r(BoN)) + half the ties, from pi_BoN's exact reward masses
+    q_bon = bon_probs(p, r, 4)
+    beats = (r[:, None] > r[None, :]).double() + 0.5 * (r[:, None] == r[None, :]).double()
+    assert _within(row["win_rate_vs_bon"], float(q @ beats @ q_bon))
+
+
+def test_bon_estimates_from_cached_samples_agree_with_exact_values() -> None:
+    ref, reward = random_reference(4, 4, seed=0), distinct_reward(4, 4, seed=1)
+    p, r = ref.probs(), reward(all_sequences(4, 4))
+    ref_rewards = reward(ref.sample(P * M, torch.Generator().manual_seed(1))).view(P, M)
+    for n in (2, 4, 8):
+        row = bon_row(n, ref_rewards, resamples=200)
+        q = bon_probs(p, r, n)
+        assert _within(row["reward"], float((q * r).sum()))
+        assert _within(row["win_rate"], float(win_rate_vs_ref(q, p, r)))
+        assert _within(row["win_rate_first"], float(win_rate_vs_ref(q, p, r)))
+        # the closed form is the continuous limit: the exact discrete KL sits just below it
+        assert 0 < bon_kl_bound(n) - kl(q, p) < 0.05
+    reference = reference_row(ref_rewards, 4, resamples=200)
+    assert _within(reference["win_rate"], 0.5) and _within(reference["win_rate_first"], 0.5)
+    assert reference["kl"]["mean"] == 0.0
+
+
+def test_pareto_front() -> None:
+    kl_values = [0.0, 0.5, 0.4, 1.0, 1.0]
+    win = [0.5, 0.6, 0.7, 0.7, 0.8]
+    assert pareto_front(kl_values, win) == [True, False, True, False, True]
+
+
+def _workflow(tmp_path: Path) -> Path:
+    raw = {
+        "name": "ev",
+        "run_dir": str(tmp_path / "runs"),
+        "n": 4,
+        "m": 8,
+        "model": {"name_or_path": "builtin:tiny"},
+        "reward": {"kind": "callable", "function": "reward_fns:letter_e_share"},
+        "data": {"max_prompts": 30, "test_fraction": 0.3},
+        "sampling": {"batch_size": 32, "max_new_tokens": 10},
+        "evaluation": {"n_values": [1, 2, 4, 8], "samples_per_prompt": 3, "bootstrap": 100},
+        "resources": {"sampling_actors": 2},
+    }
+    path = tmp_path / "wf.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.slow
+def test_vbon_evaluate_end_to_end(tmp_path: Path, tiny_path: Path) -> None:
+    """The reference's own weights as one policy (its KL must be 0) and a perturbed copy as
+    another; BoN rows from the cache; JSON, Markdown and both PNGs written."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    noisy = tmp_path / "noisy"
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    model.save_pretrained(noisy)
+    AutoTokenizer.from_pretrained(tiny_path).save_pretrained(noisy)
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }
+    wf = _workflow(tmp_path)
+    cmd = [sys.executable, "-m", "vbon.cli", "evaluate", str(wf)]
+    cmd += ["--policy", f"same={tiny_path}", "--policy", f"noisy={noisy}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| same |" in proc.stdout and "| BoN N=4 |" in proc.stdout
+
+    out = tmp_path / "runs" / "ev" / "eval"
+    results = json.loads((out / "results.json").read_text())
+    methods = [r["method"] for r in results["rows"]]
+    assert methods == ["reference", "BoN N=2", "BoN N=4", "BoN N=8", "same", "noisy"]
+    rows = {r["method"]: r for r in results["rows"]}
+    assert rows["same"]["kl"]["mean"] == pytest.approx(0.0, abs=1e-4)
+    assert rows["noisy"]["kl"]["mean"] > 0.01 and rows["noisy"]["kl_k3"]["mean"] > 0
+    assert rows["BoN N=8"]["win_rate"]["mean"] != rows["BoN N=8"]["win_rate"]["mean"]  # N = M
+    assert rows["BoN N=4"]["reward"]["mean"] >= rows["BoN N=2"]["reward"]["mean"]
+    assert results["num_prompts"] == 9 and len(results["examples"]) == 3
+    assert set(results["examples"][0]["completions"]) == {"reference", "BoN N=4", "same", "noisy"}
+    for png in ("pareto_win_rate.png", "pareto_reward.png"):
+        with Image.open(out / png) as im:
+            assert im.size[0] > 400 and len(set(im.convert("L").getdata())) > 20
+    assert "| noisy |" in (out / "results.md").read_text()
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0 and json.loads((out / "results.json").read_text()) == results
+
+    bad = subprocess.run([*cmd[:5], "--policy", "x"], env=env, capture_output=True, text=True)
+    assert (
+        bad.returncode == 2
+        and bad.stderr.strip().count("\n") == 0
+        and "NAME=MODEL_DIR" in bad.stderr
+    )

@@ -1,0 +1,1 @@
+"""Held-out evaluation: reward, win rates and KL of every method, as numbers and pictures."""

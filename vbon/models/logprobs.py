@@ -1,0 +1,51 @@
+"""Per-token log-probabilities of completions under a causal LM at a sampling temperature."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def completion_logprobs(
+    logits: torch.Tensor, input_ids: torch.Tensor, num_completion: int, temperature: float
+) -> torch.Tensor:
+    """log softmax(logits / T) of each completion token, [B, T]: position t predicts token t+1."""
+    logits = logits[:, -num_completion - 1 : -1].float() / temperature
+    targets = input_ids[:, -num_completion:]
+    return torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding."""
+    return (attention_mask.cumsum(-1) - 1).clamp_min(0)
+
+
+@torch.no_grad()
+def forward_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    num_completion: int,
+    temperature: float,
+) -> torch.Tensor:
+    """log pi(y_t | x, y_<t) of the last `num_completion` tokens, [B, T]."""
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask)
+    ).logits
+    return completion_logprobs(logits, input_ids, num_completion, temperature)
+
+
+def append_completions(
+    prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completions: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded prompts [B, S] followed by right-padded completions: (input_ids,
+    attention_mask, completion mask [B, T])."""
+    lengths = torch.tensor([len(c) for c in completions])
+    width = max(1, int(lengths.max()))
+    tail = torch.full((len(completions), width), pad_id, dtype=prompt_ids.dtype)
+    for i, c in enumerate(completions):
+        tail[i, : len(c)] = torch.tensor(c, dtype=prompt_ids.dtype)
+    mask = torch.arange(width) < lengths[:, None]
+    input_ids = torch.cat([prompt_ids, tail.to(prompt_ids.device)], 1)
+    attention_mask = torch.cat([prompt_mask, mask.long().to(prompt_mask.device)], 1)
+    return input_ids, attention_mask, mask.float()
