@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from vbon.config import WorkflowConfig, load_workflow
+from vbon.config import WorkflowConfig, load_workflow, parse_workflow
 from vbon.errors import VbonError
 from vbon.manifest import read_manifest
 
@@ -95,6 +95,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import time
+
+    from ray import serve
+
+    from vbon.ray_runtime import ray_session
+    from vbon.serving.launch import serve_model
+
+    cfg = load_workflow(args.workflow) if args.workflow else WorkflowConfig()
+    overrides = {
+        k: v for k, v in (("host", args.host), ("port", args.port), ("bon_n", args.bon)) if v
+    }
+    raw = cfg.model_dump(mode="json")
+    cfg = parse_workflow({**raw, "serving": {**raw["serving"], **overrides}}, "command line")
+    with ray_session(cfg.resources):
+        info = serve_model(cfg, args.model_dir, args.name)
+        mode = f"BoN N={cfg.serving.bon_n}" if cfg.serving.bon_n else "one sample per request"
+        print(f"serving {info['model']} ({mode}) at {info['url']}/v1  (Ctrl-C stops)")
+        print(info["example"], flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        finally:
+            serve.shutdown()
+
+
 def _run(args: argparse.Namespace) -> int:
     """The stages that exist so far: reference sampling, then the BoN baseline on test prompts."""
     from vbon.ray_runtime import ray_session
@@ -141,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/NAME/eval)")
     p.set_defaults(func=_evaluate)
+    p = sub.add_parser("serve", help="an autoscaled OpenAI-compatible endpoint on Ray Serve")
+    p.add_argument("model_dir", help="a model folder (e.g. RUN_DIR/NAME/train/model)")
+    p.add_argument("--workflow", type=Path, help="workflow whose serving/reward sections apply")
+    p.add_argument("--bon", type=int, metavar="N", help="serve Best-of-N over MODEL_DIR instead")
+    p.add_argument("--host", help="bind address (default serving.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default serving.port)")
+    p.add_argument("--name", help="model name clients send (default: the workflow name)")
+    p.set_defaults(func=_serve)
     p = sub.add_parser("run", help="run a workflow's stages (default: workflows/quickstart.yaml)")
     p.add_argument("workflow", type=Path, nargs="?")
     p.set_defaults(func=_run)

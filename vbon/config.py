@@ -150,7 +150,10 @@ class EvaluationConfig(_Section):
 
 
 class ServingConfig(_Section):
-    """The Ray Serve endpoint: bound to loopback unless `host` says otherwise."""
+    """The Ray Serve endpoint: bound to loopback unless `host` says otherwise.
+
+    Requests beyond `max_pending_requests` in flight get 503 with Retry-After. `bon_n` serves
+    Best-of-N from the reference instead of one sample of the trained policy."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -159,9 +162,17 @@ class ServingConfig(_Section):
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(1, ge=1)
     target_ongoing_requests: float = Field(4.0, gt=0)
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
     max_prompt_tokens: int = Field(512, ge=1)
     max_tokens: int = Field(256, ge=1)
     max_n: int = Field(8, ge=1)
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_ms: float = Field(10.0, ge=0)
+    max_pending_requests: int = Field(64, ge=1)
+    cpus_per_replica: float = Field(1.0, ge=0)
+    gpus_per_replica: float = Field(0.0, ge=0)
+    bon_n: int | None = Field(None, ge=2)
 
     @model_validator(mode="after")
     def _replicas(self) -> ServingConfig:

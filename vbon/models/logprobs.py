@@ -30,7 +30,10 @@ def forward_logprobs(
 ) -> torch.Tensor:
     """log pi(y_t | x, y_<t) of the last `num_completion` tokens, [B, T]."""
     logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask)
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions(attention_mask),
+        logits_to_keep=num_completion + 1,
     ).logits
     return completion_logprobs(logits, input_ids, num_completion, temperature)
 

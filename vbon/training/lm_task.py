@@ -37,13 +37,15 @@ class PolicyModel(nn.Module):
             self.value_head = head.to(lm.dtype)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits of the last `logits_to_keep` positions (0: all), values of every position."""
         out = self.lm(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions(attention_mask),
             output_hidden_states=self.value_head is not None,
+            logits_to_keep=logits_to_keep,
         )
         values = None
         if self.value_head is not None:
@@ -190,8 +192,8 @@ class LanguageModelTask:
         ).to(self.device)
 
     def forward(self, policy: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits, values = policy(batch.input_ids, batch.attention_mask)
         t = batch.mask.shape[1]
+        logits, values = policy(batch.input_ids, batch.attention_mask, t + 1)
         logprobs = completion_logprobs(logits, batch.input_ids, t, self.cfg.sampling.temperature)
         return logprobs, None if values is None else values[:, -t - 1 : -1]
 

@@ -38,13 +38,16 @@ def _advantages(batch: Batch, old_lp, old_values, t: TrainingConfig, beta: float
 
 
 def rl_step(engine, task: Task, batch: Batch, t: TrainingConfig, beta: float) -> dict[str, float]:
-    """`ppo_epochs` clipped policy-gradient updates on one rollout batch."""
+    """`ppo_epochs` clipped policy-gradient updates on one rollout batch. The first epoch's
+    forward pass also gives pi_old and the old values (the policy has not moved yet)."""
     mask = batch.mask
-    with torch.no_grad():
-        old_lp, old_values = task.forward(engine, batch)
-        adv, returns = _advantages(batch, old_lp, old_values, t, beta)
-    for _ in range(t.ppo_epochs):
+    for epoch in range(t.ppo_epochs):
         logprob, values = task.forward(engine, batch)
+        if epoch == 0:
+            old_lp = logprob.detach()
+            old_values = None if values is None else values.detach()
+            with torch.no_grad():
+                adv, returns = _advantages(batch, old_lp, old_values, t, beta)
         loss, clip_frac = ppo_policy_loss(logprob, old_lp, adv, mask, t.clip_ratio)
         if values is not None:
             loss = loss + t.value_coef * value_loss(values, old_values, returns, mask)

@@ -1,0 +1,214 @@
+"""Ray Serve: a real Serve app on the tiny model, real HTTP from httpx and the `openai` client."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import ray
+from ray import serve
+from transformers import AutoTokenizer
+
+from vbon.config import parse_workflow
+from vbon.errors import ConfigError
+from vbon.serving.app import APP_NAME
+from vbon.serving.launch import serve_model
+
+TESTS = Path(__file__).resolve().parent
+pytestmark = pytest.mark.slow
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant> {% endif %}"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_path: Path, tmp_path_factory) -> Path:
+    """The tiny model with a chat template added to its tokenizer."""
+    folder = tmp_path_factory.mktemp("chat-tiny")
+    for f in tiny_path.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    pythonpath = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    ray.init(
+        num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}
+    )
+    yield
+    serve.shutdown()
+    ray.shutdown()
+
+
+PORT = _free_port()
+
+
+def _deploy(model_dir: Path, **serving) -> str:
+    cfg = parse_workflow(
+        {
+            "name": "tiny",
+            "reward": {"kind": "callable", "function": "reward_fns:letter_e_share"},
+            "serving": {
+                "port": PORT,
+                "max_tokens": 32,
+                "max_n": 8,
+                "max_prompt_tokens": 40,
+                **serving,
+            },
+        }
+    )
+    info = serve_model(cfg, model_dir)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{info['url']}/healthz", timeout=2).status_code == 200:
+                return info["url"]
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError("the endpoint never became healthy")
+
+
+@pytest.fixture(scope="module")
+def url(model_dir: Path) -> str:
+    return _deploy(
+        model_dir, min_replicas=1, max_replicas=2, target_ongoing_requests=1, upscale_delay_s=1
+    )
+
+
+def _complete(url: str, **body) -> httpx.Response:
+    return httpx.post(f"{url}/v1/completions", json={"model": "tiny", **body}, timeout=60)
+
+
+def test_completions_chat_and_models_with_the_openai_client(url: str) -> None:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    out = client.completions.create(model="tiny", prompt="The film", max_tokens=8, seed=3)
+    assert len(out.choices) == 1 and out.choices[0].text and out.usage.completion_tokens <= 8
+    assert out.choices[0].finish_reason in ("stop", "length")
+    many = client.completions.create(model="tiny", prompt="The film", max_tokens=6, n=3, seed=1)
+    assert [c.index for c in many.choices] == [0, 1, 2]
+    assert len({c.text for c in many.choices}) > 1  # independent samples
+    chat = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Review the film."}], max_tokens=8
+    )
+    assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content
+    assert chat.usage.prompt_tokens > 5  # the chat template was applied
+
+
+def test_seed_reproducibility_and_stop(url: str) -> None:
+    a = _complete(url, prompt="A quiet drama", max_tokens=12, seed=7).json()
+    b = _complete(url, prompt="A quiet drama", max_tokens=12, seed=7).json()
+    c = _complete(url, prompt="A quiet drama", max_tokens=12, seed=8).json()
+    assert a["choices"][0]["text"] == b["choices"][0]["text"] != c["choices"][0]["text"]
+    text = a["choices"][0]["text"]
+    stop = text.strip()[:2]
+    cut = _complete(url, prompt="A quiet drama", max_tokens=12, seed=7, stop=[stop]).json()
+    assert stop not in cut["choices"][0]["text"] and cut["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"max_tokens": 4}, 400, "prompt"),  # missing prompt
+        ({"prompt": "x " * 200, "max_tokens": 4}, 400, "prompt"),  # over max_prompt_tokens
+        ({"prompt": "Hi", "max_tokens": 1000}, 400, "max_tokens"),
+        ({"prompt": "Hi", "n": 9}, 400, "n"),
+        ({"prompt": "Hi", "temperature": "hot"}, 400, "temperature"),
+        ({"prompt": "Hi", "model": "gpt-9"}, 404, "model"),
+    ],
+)
+def test_client_mistakes_get_4xx_with_an_openai_error_body(url, body, status, param) -> None:
+    r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", **body}, timeout=30)
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"] and err["type"]
+
+
+def test_malformed_json_and_wrong_route(url: str) -> None:
+    r = httpx.post(
+        f"{url}/v1/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="Hi", max_tokens=2)
+
+
+def test_concurrent_requests_are_batched_and_autoscaled(url: str) -> None:
+    """Requests arriving together share generate calls; under sustained load the policy
+    deployment grows from 1 to max_replicas = 2 replicas (bounded: 90 s, 3000 requests)."""
+    deadline, sent, replicas, batched = time.monotonic() + 90, 0, 1, []
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        while time.monotonic() < deadline and sent < 3000 and replicas < 2:
+            futures = [pool.submit(_complete, url, prompt="Long", max_tokens=24) for _ in range(8)]
+            responses = [f.result() for f in futures]
+            assert all(r.status_code == 200 for r in responses)
+            batched += [int(r.headers["x-vbon-batch-size"]) for r in responses]
+            sent += 8
+            status = serve.status().applications[APP_NAME].deployments["Policy"]
+            replicas = status.replica_states.get("RUNNING", 0)
+    assert replicas == 2
+    assert max(batched) > 1
+
+
+def test_overload_gets_503_with_retry_after(model_dir: Path) -> None:
+    url = _deploy(model_dir, max_pending_requests=1, max_replicas=1)
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        futures = [pool.submit(_complete, url, prompt="Busy", max_tokens=32) for _ in range(10)]
+        responses = [f.result() for f in futures]
+    codes = [r.status_code for r in responses]
+    assert 200 in codes and 503 in codes and set(codes) <= {200, 503}
+    busy = next(r for r in responses if r.status_code == 503)
+    assert busy.headers["retry-after"] == "1" and "overloaded" in busy.json()["error"]["message"]
+
+
+def test_bon_mode_returns_the_best_scoring_of_n_samples(model_dir: Path) -> None:
+    from reward_fns import letter_e_share
+
+    url = _deploy(model_dir, max_replicas=1)
+    prompt = "The acting"
+    draws = _complete(url, prompt=prompt, max_tokens=10, n=4, seed=11).json()["choices"]
+    texts = [c["text"] for c in draws]
+    rewards = letter_e_share([prompt] * 4, texts)
+    expected = texts[rewards.index(max(rewards))]
+
+    bon_url = _deploy(model_dir, max_replicas=1, bon_n=4)
+    best = _complete(bon_url, prompt=prompt, max_tokens=10, seed=11).json()["choices"]
+    assert [c["text"] for c in best] == [expected]
+    assert "Scorer" in serve.status().applications[APP_NAME].deployments
+
+
+def test_api_key(model_dir: Path, monkeypatch) -> None:
+    monkeypatch.delenv("VBON_TEST_KEY", raising=False)
+    cfg = parse_workflow({"serving": {"api_key_env": "VBON_TEST_KEY", "port": PORT}})
+    with pytest.raises(ConfigError, match="VBON_TEST_KEY"):
+        serve_model(cfg, model_dir)
+    monkeypatch.setenv("VBON_TEST_KEY", "s3cret")
+    url = _deploy(model_dir, api_key_env="VBON_TEST_KEY", max_replicas=1)
+    assert _complete(url, prompt="Hi", max_tokens=2).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "Hi"}, headers=wrong)
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(f"{url}/v1/models").status_code == 401
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
+    assert client.completions.create(model="tiny", prompt="Hi", max_tokens=2).choices

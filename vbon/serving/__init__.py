@@ -1,0 +1,1 @@
+"""Ray Serve: an autoscaled OpenAI-compatible endpoint for the trained policy, or BoN beside it."""

@@ -1,0 +1,57 @@
+"""Start the serving application on a running Ray: checks first, then `serve.run`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from vbon.config import WorkflowConfig
+from vbon.errors import ConfigError, ModelLoadError
+
+EXAMPLE = """curl -s http://{host}:{port}/v1/completions -H 'Content-Type: application/json'{auth} \\
+  -d '{{"model": "{model}", "prompt": "This film was", "max_tokens": 24, "seed": 0}}'"""
+
+
+def api_key(cfg: WorkflowConfig) -> str | None:
+    """The bearer token from the environment variable that `serving.api_key_env` names."""
+    name = cfg.serving.api_key_env
+    if name is None:
+        return None
+    key = os.environ.get(name)
+    if not key:
+        raise ConfigError(
+            f"serving.api_key_env = {name!r} but that environment variable is not set; "
+            "export it or remove serving.api_key_env"
+        )
+    return key
+
+
+def serve_model(
+    cfg: WorkflowConfig, model_dir: str | Path, model_name: str | None = None
+) -> dict[str, str]:
+    """Deploy `model_dir` (or, with `serving.bon_n`, BoN over it) and return the endpoint's
+    base URL, served model name and an example request."""
+    from ray import serve
+
+    from vbon.models import load_tokenizer
+    from vbon.serving.app import APP_NAME, build_app
+
+    if not Path(model_dir).is_dir() and not str(model_dir).startswith("builtin:"):
+        raise ModelLoadError(
+            f"{model_dir}: no such model folder; pass the folder `vbon train` wrote"
+        )
+    key = api_key(cfg)
+    model = cfg.model.model_copy(update={"name_or_path": str(model_dir), "revision": None})
+    load_tokenizer(model)  # fails fast, on one line, before any replica starts
+    s = cfg.serving
+    name = model_name or cfg.name
+    serve.start(http_options={"host": s.host, "port": s.port})
+    serve.run(
+        build_app(model, s, cfg.reward, name, key), name=APP_NAME, route_prefix="/", blocking=False
+    )
+    auth = " -H 'Authorization: Bearer $" + s.api_key_env + "'" if s.api_key_env else ""
+    return {
+        "url": f"http://{s.host}:{s.port}",
+        "model": name,
+        "example": EXAMPLE.format(host=s.host, port=s.port, auth=auth, model=name),
+    }

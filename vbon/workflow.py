@@ -1,0 +1,151 @@
+"""One workflow, four stages in order: reference sampling -> training -> evaluation -> serving.
+
+Each stage writes under RUN_DIR/NAME/ with a manifest holding the hash of the config it depends
+on. A rerun skips every stage whose hash is unchanged and whose output is complete; `from_stage`
+forces a stage and those after it. A failing stage leaves the finished ones intact and is named.
+The outcome of each stage is written to RUN_DIR/NAME/run.json.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from vbon.config import WorkflowConfig
+from vbon.errors import VbonError
+from vbon.manifest import config_hash, read_manifest, write_json_atomic
+
+STAGES = ("sampling", "training", "evaluation", "serving")
+FOLDERS = {"sampling": "samples", "training": "train", "evaluation": "eval", "serving": "serve"}
+
+
+def method_label(cfg: WorkflowConfig) -> str:
+    t = cfg.training
+    if t.algorithm == "vbon":
+        return f"vBoN ({t.vbon_reward})"
+    if t.algorithm == "kl_rl":
+        return f"KL-RL beta={t.beta:g}"
+    return "BoN-SFT"
+
+
+def stage_hashes(cfg: WorkflowConfig, run_dir: Path) -> dict[str, str]:
+    from vbon.evaluation.stage import evaluation_hash
+    from vbon.sampling.stage import sampling_hash
+    from vbon.training.stage import training_hash
+
+    train = training_hash(cfg)
+    return {
+        "sampling": sampling_hash(cfg),
+        "training": train,
+        "evaluation": evaluation_hash(cfg, {method_label(cfg): run_dir / "train" / "model"}),
+        "serving": config_hash({"model": train, "serving": cfg.serving, "reward": cfg.reward}),
+    }
+
+
+def _up_to_date(folder: Path, key: str) -> bool:
+    manifest = read_manifest(folder)
+    return (
+        manifest is not None and manifest["config_hash"] == key and manifest["status"] == "complete"
+    )
+
+
+def _serving_up(folder: Path, key: str) -> bool:
+    """The endpoint this config deployed is still running in this Ray cluster."""
+    from ray import serve
+
+    from vbon.serving.app import APP_NAME
+
+    if not _up_to_date(folder, key):
+        return False
+    try:
+        return APP_NAME in serve.status().applications
+    except Exception:  # no Serve instance in this cluster
+        return False
+
+
+def run_workflow(
+    cfg: WorkflowConfig,
+    from_stage: str | None = None,
+    serve: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run (or skip) each stage on the Ray the caller started; returns run.json's content."""
+    run_dir = Path(cfg.run_dir) / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keys = stage_hashes(cfg, run_dir)
+    forced = set(STAGES[STAGES.index(from_stage) :]) if from_stage else set()
+    stages = STAGES if serve else STAGES[:-1]
+    record: dict = {"workflow": cfg.name, "stages": {}}
+    for i, stage in enumerate(stages, 1):
+        folder = run_dir / FOLDERS[stage]
+        fresh = _serving_up if stage == "serving" else _up_to_date
+        if stage not in forced and fresh(folder, keys[stage]):
+            log(f"[{i}/{len(stages)}] {stage}: up to date, skipped ({folder})")
+            record["stages"][stage] = {"status": "skipped", "output": str(folder)}
+            continue
+        if stage in forced and stage != "serving":
+            shutil.rmtree(folder, ignore_errors=True)
+        log(f"[{i}/{len(stages)}] {stage}: running")
+        start = time.perf_counter()
+        try:
+            info = _RUNNERS[stage](cfg, run_dir, folder, keys[stage])
+        except VbonError as exc:
+            record["stages"][stage] = {"status": "failed", "error": str(exc)}
+            write_json_atomic(run_dir / "run.json", record)
+            raise VbonError(
+                f"stage {stage} failed: {exc} (finished stages are kept in {run_dir})"
+            ) from None
+        seconds = time.perf_counter() - start
+        record["stages"][stage] = {
+            "status": "ran",
+            "seconds": seconds,
+            "output": str(folder),
+            **info,
+        }
+        log(f"[{i}/{len(stages)}] {stage}: done in {seconds:.0f} s")
+    write_json_atomic(run_dir / "run.json", record)
+    return record
+
+
+def _sampling(cfg: WorkflowConfig, run_dir: Path, folder: Path, key: str) -> dict:
+    from vbon.sampling.stage import run_sampling
+
+    run_sampling(cfg, folder)
+    return {}
+
+
+def _training(cfg: WorkflowConfig, run_dir: Path, folder: Path, key: str) -> dict:
+    from vbon.training.stage import run_training
+
+    run_training(cfg, run_dir / "samples", folder)
+    return {}
+
+
+def _evaluation(cfg: WorkflowConfig, run_dir: Path, folder: Path, key: str) -> dict:
+    from vbon.evaluation.stage import run_evaluation
+
+    policies = {method_label(cfg): run_dir / "train" / "model"}
+    run_evaluation(cfg, run_dir / "samples", policies, folder)
+    return {}
+
+
+def _serving(cfg: WorkflowConfig, run_dir: Path, folder: Path, key: str) -> dict:
+    from vbon.serving.launch import serve_model
+
+    info = serve_model(cfg, run_dir / "train" / "model")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(
+        folder / "manifest.json",
+        {"stage": "serving", "config_hash": key, "status": "complete", **info},
+    )
+    return info
+
+
+_RUNNERS = {
+    "sampling": _sampling,
+    "training": _training,
+    "evaluation": _evaluation,
+    "serving": _serving,
+}
