@@ -24,7 +24,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> WorkflowConfig:
-    return load_workflow(args.workflow or DEFAULT_WORKFLOW)
+    cfg = load_workflow(args.workflow or DEFAULT_WORKFLOW)
+    if getattr(args, "run_dir", None):
+        cfg = cfg.model_copy(update={"run_dir": str(args.run_dir)})
+    return cfg
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -122,20 +125,81 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """The stages that exist so far: reference sampling, then the BoN baseline on test prompts."""
+    """Every stage of the workflow in order, skipping those whose inputs are unchanged."""
+    import json
+    import time
+
+    from vbon.evaluation.report import summary
     from vbon.ray_runtime import ray_session
-    from vbon.sampling.report import bon_table, format_table
-    from vbon.sampling.stage import run_sampling
+    from vbon.workflow import method_label, run_workflow
 
     cfg = _load(args)
     run_dir = Path(cfg.run_dir) / cfg.name
     print(
         f"workflow {cfg.name}: N={cfg.n}, M={cfg.m}, model={cfg.model.name_or_path}, run folder {run_dir}"
     )
+    serving = cfg.serving.enabled and not args.no_serve
     with ray_session(cfg.resources):
-        samples = run_sampling(cfg, run_dir / "samples")
-    print(f"Best-of-N from the cached reference samples (test prompts), workflow N={cfg.n}:")
-    print(format_table(bon_table(samples, cfg.evaluation.n_values)))
+        record = run_workflow(cfg, args.from_stage, serve=serving)
+        results = json.loads((run_dir / "eval" / "results.json").read_text())
+        print(
+            f"\nheld-out prompts: {results['num_prompts']}\n{summary(results, method_label(cfg))}"
+        )
+        print(
+            f"Pareto plots: {run_dir / 'eval' / 'pareto_win_rate.png'}, {run_dir / 'eval' / 'pareto_reward.png'}"
+        )
+        if not serving:
+            return 0
+        info = json.loads((run_dir / "serve" / "manifest.json").read_text())
+        print(
+            f"\nserving the trained model at {info['url']}/v1 (Ctrl-C stops); try:\n{info['example']}"
+        )
+        if args.no_block:
+            return 0
+        from ray import serve
+
+        try:
+            while True:
+                time.sleep(3600)
+        finally:
+            serve.shutdown()
+    return 0 if record else 1
+
+
+def _submit(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from vbon import jobs
+
+    job_id = jobs.submit(args.workflow, args.address, args.from_stage)
+    print(f"submitted {job_id} to {args.address}")
+    print(
+        f"follow with: vbon status {job_id} --address {args.address}; vbon logs {job_id} --address {args.address}"
+    )
+    if not args.wait:
+        return 0
+    asyncio.run(jobs.follow(job_id, args.address))
+    final = jobs.status(job_id, args.address)
+    print(f"job {job_id}: {final}")
+    return 0 if final == "SUCCEEDED" else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    from vbon import jobs
+
+    print(jobs.status(args.job_id, args.address))
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from vbon import jobs
+
+    if args.follow:
+        asyncio.run(jobs.follow(args.job_id, args.address))
+    else:
+        print(jobs.logs(args.job_id, args.address), end="")
     return 0
 
 
@@ -175,8 +239,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default serving.port)")
     p.add_argument("--name", help="model name clients send (default: the workflow name)")
     p.set_defaults(func=_serve)
+    p = sub.add_parser("submit", help="send a workflow to a Ray cluster as a Ray job")
+    p.add_argument("workflow", type=Path)
+    p.add_argument("--address", required=True, help="the cluster's dashboard, http://HEAD:8265")
+    p.add_argument("--from", dest="from_stage", choices=["sampling", "training", "evaluation"])
+    p.add_argument("--wait", action="store_true", help="follow the logs until the job ends")
+    p.set_defaults(func=_submit)
+    for name, func, text in (
+        ("status", _status, "a submitted job's status"),
+        ("logs", _logs, "a submitted job's logs"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("job_id")
+        p.add_argument("--address", required=True, help="the cluster's dashboard, http://HEAD:8265")
+        if name == "logs":
+            p.add_argument("--follow", action="store_true")
+        p.set_defaults(func=func)
     p = sub.add_parser("run", help="run a workflow's stages (default: workflows/quickstart.yaml)")
     p.add_argument("workflow", type=Path, nargs="?")
+    p.add_argument(
+        "--from",
+        dest="from_stage",
+        choices=["sampling", "training", "evaluation", "serving"],
+        help="rerun this stage and every later one even if up to date",
+    )
+    p.add_argument("--no-serve", action="store_true", help="stop after evaluation")
+    p.add_argument("--run-dir", type=Path, help="override the workflow's run_dir")
+    p.add_argument(
+        "--no-block", action="store_true", help="return once the endpoint is up (scripts)"
+    )
     p.set_defaults(func=_run)
     return parser
 

@@ -74,13 +74,17 @@ RewardConfig = Annotated[
 
 
 class DataConfig(_Section):
-    """Prompts: a local JSON/JSONL/CSV/Parquet file, a hub data set, or `builtin:movie-reviews`."""
+    """Prompts: a local JSON/JSONL/CSV/Parquet file, a hub data set, or `builtin:movie-reviews`.
+
+    `prompt_words` keeps only the first words of each text (the paper's IMDB prompts are the
+    openings of reviews)."""
 
     source: str = "builtin:movie-reviews"
     prompt_column: str = "prompt"
     split: str = "train"
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     max_prompts: int | None = Field(None, ge=1)
+    prompt_words: int | None = Field(None, ge=1)
     chat_template: bool = False
     seed: int = 0
 

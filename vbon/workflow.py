@@ -39,7 +39,9 @@ def stage_hashes(cfg: WorkflowConfig, run_dir: Path) -> dict[str, str]:
     return {
         "sampling": sampling_hash(cfg),
         "training": train,
-        "evaluation": evaluation_hash(cfg, {method_label(cfg): run_dir / "train" / "model"}),
+        "evaluation": evaluation_hash(
+            cfg, {method_label(cfg): run_dir / "train" / "model"}, {method_label(cfg): train}
+        ),
         "serving": config_hash({"model": train, "serving": cfg.serving, "reward": cfg.reward}),
     }
 
@@ -65,6 +67,20 @@ def _serving_up(folder: Path, key: str) -> bool:
         return False
 
 
+def _stop_serving() -> None:
+    """Free the endpoint's CPUs/GPUs before training or evaluation reruns (a running replica
+    would hold resources that Ray Train's workers wait for)."""
+    from ray import serve
+
+    from vbon.serving.app import APP_NAME
+
+    try:
+        if APP_NAME in serve.status().applications:
+            serve.delete(APP_NAME)
+    except Exception:  # no Serve instance in this cluster
+        return
+
+
 def run_workflow(
     cfg: WorkflowConfig,
     from_stage: str | None = None,
@@ -77,17 +93,29 @@ def run_workflow(
     keys = stage_hashes(cfg, run_dir)
     forced = set(STAGES[STAGES.index(from_stage) :]) if from_stage else set()
     stages = STAGES if serve else STAGES[:-1]
+    todo = [
+        stage
+        for stage in stages
+        if stage in forced
+        or not (_serving_up if stage == "serving" else _up_to_date)(
+            run_dir / FOLDERS[stage], keys[stage]
+        )
+    ]
+    if any(stage != "serving" for stage in todo):
+        _stop_serving()
     record: dict = {"workflow": cfg.name, "stages": {}}
     for i, stage in enumerate(stages, 1):
         folder = run_dir / FOLDERS[stage]
-        fresh = _serving_up if stage == "serving" else _up_to_date
-        if stage not in forced and fresh(folder, keys[stage]):
+        if stage not in todo:
             log(f"[{i}/{len(stages)}] {stage}: up to date, skipped ({folder})")
             record["stages"][stage] = {"status": "skipped", "output": str(folder)}
             continue
-        if stage in forced and stage != "serving":
-            shutil.rmtree(folder, ignore_errors=True)
-        log(f"[{i}/{len(stages)}] {stage}: running")
+        previous = read_manifest(folder)
+        stale = previous is not None and previous["config_hash"] != keys[stage]
+        if stage != "serving" and (stage in forced or stale):
+            shutil.rmtree(folder, ignore_errors=True)  # derived output of an older config
+        # an unchanged but unfinished stage resumes from what it left
+        log(f"[{i}/{len(stages)}] {stage}: running" + (" (config changed)" if stale else ""))
         start = time.perf_counter()
         try:
             info = _RUNNERS[stage](cfg, run_dir, folder, keys[stage])

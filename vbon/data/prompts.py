@@ -60,6 +60,8 @@ def _read_column(cfg: DataConfig) -> list[str]:
 def load_prompts(cfg: DataConfig) -> list[Prompt]:
     """All prompts with ids and a seeded train/test split (`cfg.max_prompts` keeps the first ones)."""
     texts = _read_column(cfg)[: cfg.max_prompts]
+    if cfg.prompt_words:
+        texts = [" ".join(t.split()[: cfg.prompt_words]) for t in texts]
     if not texts:
         raise DataError(f"data.source = {cfg.source!r} holds no prompts")
     ids = list(range(len(texts)))

@@ -68,3 +68,19 @@ def markdown_table(results: dict) -> str:
             lines.append(f"- *{name}* ({c['reward']:+.3f}): {text}")
         lines.append("")
     return "\n".join(lines)
+
+
+def summary(results: dict, policy: str) -> str:
+    """Before (the reference), after (the trained policy) and BoN at the workflow's N."""
+    rows = {r["method"]: r for r in results["rows"]}
+    picks = [("reference", "before training"), (policy, "after training")]
+    picks.append((f"BoN N={results['n']}", f"{results['n']} samples per answer"))
+    lines = [f"{'':<28} {'mean reward':<18} {'win rate vs ref':<18} KL to ref"]
+    for name, note in picks:
+        if name in rows:
+            r = rows[name]
+            lines.append(
+                f"{name + ' (' + note + ')':<28} {_cell(r['reward']).split(' [')[0]:<18} "
+                f"{_cell(r['win_rate']).split(' [')[0]:<18} {r['kl']['mean']:.3f}"
+            )
+    return "\n".join(lines)

@@ -41,13 +41,18 @@ def _policy_identity(path: Path) -> str:
     return hashlib.sha256(json.dumps([str(path), stamps]).encode()).hexdigest()
 
 
-def evaluation_hash(cfg: WorkflowConfig, policies: dict[str, Path]) -> str:
+def evaluation_hash(
+    cfg: WorkflowConfig, policies: dict[str, Path], identities: dict[str, str] | None = None
+) -> str:
+    """What the results depend on; `identities` gives policies' hashes known in advance (a
+    workflow knows the training hash before the model exists)."""
+    ids = {k: (identities or {}).get(k) or _policy_identity(Path(v)) for k, v in policies.items()}
     return config_hash(
         {
             "samples": sampling_hash(cfg),
             "n": cfg.n,
             "evaluation": cfg.evaluation,
-            "policies": json.dumps({k: _policy_identity(Path(v)) for k, v in policies.items()}),
+            "policies": json.dumps(ids, sort_keys=True),
         }
     )
 

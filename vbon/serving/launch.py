@@ -55,3 +55,17 @@ def serve_model(
         "model": name,
         "example": EXAMPLE.format(host=s.host, port=s.port, auth=auth, model=name),
     }
+
+
+def app(args: dict[str, str]):
+    """Serve application builder for `serve run` and KubeRay's RayService (serveConfigV2):
+    `import_path: vbon.serving.launch:app` with args `model_dir` and optional `workflow`
+    (whose serving, reward and model sections apply)."""
+    from vbon.config import load_workflow
+    from vbon.serving.app import build_app
+
+    if "model_dir" not in args:
+        raise ConfigError("serve args: model_dir is required (the folder `vbon train` wrote)")
+    cfg = load_workflow(args["workflow"]) if args.get("workflow") else WorkflowConfig()
+    model = cfg.model.model_copy(update={"name_or_path": args["model_dir"], "revision": None})
+    return build_app(model, cfg.serving, cfg.reward, args.get("model_name", cfg.name), api_key(cfg))

@@ -1,0 +1,125 @@
+"""One workflow through every stage on a real local Ray: sampling, 2-worker DeepSpeed training,
+evaluation and a Serve endpoint; reruns skip what is unchanged; a failing stage is named."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+import ray
+from ray import serve
+
+from vbon.config import parse_workflow
+from vbon.errors import VbonError
+from vbon.manifest import read_manifest
+from vbon.workflow import run_workflow
+
+TESTS = Path(__file__).resolve().parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray(tiny_path):
+    os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "DS_ACCELERATOR": "cpu"})
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.2"
+    pythonpath = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    ray.init(
+        num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}
+    )
+    yield
+    serve.shutdown()
+    ray.shutdown()
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cfg(run_dir: Path, **overrides):
+    raw = {
+        "name": "wf",
+        "run_dir": str(run_dir),
+        "n": 2,
+        "m": 8,
+        "model": {"name_or_path": "builtin:tiny"},
+        "reward": {"kind": "callable", "function": "reward_fns:letter_e_share"},
+        "data": {"max_prompts": 24, "test_fraction": 0.25},
+        "sampling": {"batch_size": 32, "max_new_tokens": 10},
+        "training": {
+            "optimizer": "rloo",
+            "samples_per_prompt": 4,
+            "prompts_per_step": 4,
+            "steps": 4,
+            "learning_rate": 1e-3,
+        },
+        "evaluation": {"n_values": [1, 2, 4], "samples_per_prompt": 2, "bootstrap": 50},
+        "serving": {"port": _PORT, "max_tokens": 16},
+        "resources": {"sampling_actors": 2, "train_workers": 2},
+    }
+    for section, values in overrides.items():
+        raw[section] = {**raw[section], **values} if isinstance(values, dict) else values
+    return parse_workflow(raw)
+
+
+_PORT = _port()
+
+
+def _statuses(record: dict) -> dict[str, str]:
+    return {stage: info["status"] for stage, info in record["stages"].items()}
+
+
+def test_workflow_runs_skips_and_reruns_from_the_changed_stage(tmp_path: Path) -> None:
+    lines: list[str] = []
+    first = run_workflow(_cfg(tmp_path), log=lines.append)
+    assert _statuses(first) == dict.fromkeys(
+        ("sampling", "training", "evaluation", "serving"), "ran"
+    )
+    run = tmp_path / "wf"
+    for folder in ("samples", "train", "eval", "serve"):
+        assert read_manifest(run / folder)["status"] == "complete"
+    assert (run / "train" / "model" / "model.safetensors").is_file()
+    assert (run / "eval" / "pareto_win_rate.png").is_file()
+    methods = [r["method"] for r in json.loads((run / "eval" / "results.json").read_text())["rows"]]
+    assert methods == ["reference", "BoN N=2", "BoN N=4", "vBoN (l1)"]
+    url = first["stages"]["serving"]["url"]
+    body = {"model": "wf", "prompt": "The film", "max_tokens": 6, "seed": 1}
+    answer = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+    assert answer.status_code == 200 and answer.json()["choices"][0]["text"]
+
+    again = run_workflow(_cfg(tmp_path), log=lines.append)
+    assert set(_statuses(again).values()) == {"skipped"}
+    assert json.loads((run / "run.json").read_text()) == again
+
+    changed = run_workflow(_cfg(tmp_path, training={"learning_rate": 5e-4}), log=lines.append)
+    assert _statuses(changed) == {
+        "sampling": "skipped",
+        "training": "ran",
+        "evaluation": "ran",
+        "serving": "ran",
+    }
+    assert httpx.post(f"{url}/v1/completions", json=body, timeout=60).status_code == 200
+    assert any("sampling: up to date, skipped" in line for line in lines)
+
+    forced = run_workflow(
+        _cfg(tmp_path, training={"learning_rate": 5e-4}), from_stage="evaluation", serve=False
+    )
+    assert _statuses(forced) == {"sampling": "skipped", "training": "skipped", "evaluation": "ran"}
+
+
+def test_a_failing_stage_is_named_and_earlier_stages_are_kept(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, data={"test_fraction": 0.05})  # 24 prompts: 1 held out, too few
+    with pytest.raises(VbonError) as err:
+        run_workflow(cfg, serve=False)
+    assert str(err.value).startswith("stage evaluation failed: ") and "held-out" in str(err.value)
+    run = tmp_path / "wf"
+    assert read_manifest(run / "samples")["status"] == "complete"
+    assert (run / "train" / "model" / "config.json").is_file()
+    record = json.loads((run / "run.json").read_text())
+    assert record["stages"]["evaluation"]["status"] == "failed"
+    assert _statuses(record)["training"] == "ran"
