@@ -13,14 +13,31 @@ from vbon.config import load_workflow
 from vbon.errors import ConfigError, VbonError
 
 PROJECT = Path(__file__).resolve().parent.parent
-EXCLUDES = [".git", ".venv", ".vbon-cache", "runs", "bench/results", "**/__pycache__", "*.egg-info"]
+EXCLUDES = [
+    ".git",
+    ".venv",
+    ".vbon-cache",
+    "runs",
+    "bench/results",
+    "**/__pycache__",
+    "*.egg-info",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".hypothesis",
+]
 
 
 def _client(address: str):
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     try:
         return JobSubmissionClient(address)
+    except AuthenticationError:
+        raise VbonError(
+            f"the Ray cluster at {address} requires a token: export RAY_AUTH_MODE=token and put "
+            "the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN"
+        ) from None
     except (ConnectionError, ValueError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise VbonError(f"cannot reach the Ray cluster at {address}: {reason}") from None

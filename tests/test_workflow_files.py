@@ -1,0 +1,98 @@
+"""Every YAML under workflows/ and cluster/ loads and holds what its consumer requires."""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vbon.config import load_workflow
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.yaml"))
+KUBERAY = sorted((ROOT / "cluster").glob("kuberay-*.yaml"))
+
+
+def test_the_expected_files_exist() -> None:
+    assert {p.name for p in WORKFLOWS} >= {"quickstart.yaml", "imdb-gpt2.yaml", "tldr-pythia.yaml"}
+    assert {p.name for p in KUBERAY} == {"kuberay-rayjob.yaml", "kuberay-rayservice.yaml"}
+    assert (ROOT / "cluster" / "ray-cluster-gpu.yaml").is_file()
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_validates(path: Path) -> None:
+    cfg = load_workflow(path)
+    assert cfg.name == path.stem
+
+
+def test_paper_workflows_follow_the_paper() -> None:
+    imdb = load_workflow(ROOT / "workflows" / "imdb-gpt2.yaml")
+    assert imdb.model.name_or_path == "lvwerra/gpt2-imdb"
+    assert (
+        imdb.reward.kind == "hf_classifier"
+        and imdb.reward.name_or_path == "lvwerra/distilbert-imdb"
+    )
+    assert imdb.reward.output == "logit" and imdb.reward.label == "POSITIVE"
+    assert imdb.sampling.max_new_tokens == 40 and imdb.sampling.temperature == 1.0
+    assert imdb.sampling.top_k == 0 and imdb.training.optimizer == "ppo"
+    tldr = load_workflow(ROOT / "workflows" / "tldr-pythia.yaml")
+    assert tldr.model.name_or_path == "cleanrl/EleutherAI_pythia-2.8b-deduped__sft__tldr"
+    assert tldr.reward.name_or_path == "cleanrl/EleutherAI_pythia-2.8b-deduped__reward__tldr"
+    assert tldr.sampling.temperature == 0.7 and tldr.sampling.max_new_tokens == 50
+
+
+def _check_pod_template(template: dict) -> None:
+    containers = template["spec"]["containers"]
+    assert containers and all(c["name"] and c["image"] for c in containers)
+
+
+def _check_ray_cluster_spec(spec: dict) -> None:
+    """The fields KubeRay's RayCluster spec requires: head group with rayStartParams and a pod
+    template; worker groups with a name, replica bounds and a template."""
+    assert str(spec["rayVersion"]).startswith("2.")
+    head = spec["headGroupSpec"]
+    assert isinstance(head["rayStartParams"], dict)
+    _check_pod_template(head["template"])
+    for group in spec.get("workerGroupSpecs", []):
+        assert group["groupName"] and isinstance(group["rayStartParams"], dict)
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        _check_pod_template(group["template"])
+
+
+def _workflow_in(command: list[str]) -> Path:
+    return ROOT / next(arg for arg in command if arg.endswith(".yaml"))
+
+
+def test_kuberay_rayjob() -> None:
+    doc = yaml.safe_load((ROOT / "cluster" / "kuberay-rayjob.yaml").read_text())
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayJob"
+    assert doc["metadata"]["name"]
+    entry = shlex.split(doc["spec"]["entrypoint"])
+    assert entry[:4] == ["python", "-m", "vbon.cli", "run"]
+    load_workflow(_workflow_in(entry))
+    assert isinstance(yaml.safe_load(doc["spec"]["runtimeEnvYAML"]), dict)
+    _check_ray_cluster_spec(doc["spec"]["rayClusterSpec"])
+
+
+def test_kuberay_rayservice() -> None:
+    doc = yaml.safe_load((ROOT / "cluster" / "kuberay-rayservice.yaml").read_text())
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayService"
+    serve_config = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    [app] = serve_config["applications"]
+    module, attr = app["import_path"].split(":")
+    assert callable(getattr(importlib.import_module(module), attr))
+    assert app["args"]["model_dir"] and app["route_prefix"] == "/"
+    load_workflow(ROOT / app["args"]["workflow"])
+    _check_ray_cluster_spec(doc["spec"]["rayClusterConfig"])
+
+
+def test_cluster_launcher() -> None:
+    doc = yaml.safe_load((ROOT / "cluster" / "ray-cluster-gpu.yaml").read_text())
+    assert doc["cluster_name"] and doc["provider"]["type"] and doc["max_workers"] >= 1
+    assert doc["head_node_type"] in doc["available_node_types"]
+    for node in doc["available_node_types"].values():
+        assert "node_config" in node and "resources" in node
+    assert any("ray start --head" in c for c in doc["head_start_ray_commands"])
