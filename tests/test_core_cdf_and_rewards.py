@@ -92,3 +92,20 @@ def test_l1_reward_optimum_is_ref_times_f_power(n: int) -> None:
     optimum = torch.softmax(torch.log(p) + l1_reward(torch.log(f)) / beta_from_n(n), 0)
     target = p * f ** (n - 1)
     assert torch.allclose(optimum, target / target.sum(), atol=1e-12)
+
+
+def test_policy_score_maps_rewards_per_algorithm() -> None:
+    from vbon.core.vbon_reward import exact_reward, policy_score
+
+    rewards = torch.tensor([[0.1, 0.5], [0.9, -1.0]], dtype=torch.float64)
+    ref = torch.tensor([[0.0, 0.2, 0.4, 9.0], [0.5, 0.6, 0.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    seq_ref = torch.tensor([[-3.0, -4.0], [-5.0, -6.0]], dtype=torch.float64)
+    raw = policy_score("kl_rl", "l1", rewards, ref, mask, seq_ref, 4)
+    assert torch.equal(raw, rewards)
+    l1 = policy_score("vbon", "l1", rewards, ref, mask, seq_ref, 4)
+    # F_hat = (#below + 1) / (M + 1): prompt 0 has M = 4, prompt 1 has M = 2 (masked)
+    expected = torch.log(torch.tensor([[2 / 5, 4 / 5], [3 / 3, 1 / 3]], dtype=torch.float64))
+    assert torch.allclose(l1, expected)
+    exact = policy_score("vbon", "exact", rewards, ref, mask, seq_ref, 4)
+    assert torch.allclose(exact, exact_reward(expected, seq_ref, 4))

@@ -70,7 +70,8 @@ def _test_rows(cfg: WorkflowConfig, samples: Path) -> list[dict]:
 def _sample_policies(
     cfg: WorkflowConfig, policies: dict[str, Path], prompts: list[tuple[int, str]], progress: bool
 ) -> dict[str, list[dict]]:
-    """Every policy's rows, its chunks of prompts queued on its own actor."""
+    """Every policy's rows, its chunks of prompts queued on its own actor; actors beyond the
+    cluster's capacity start as earlier ones finish."""
     res, e = cfg.resources, cfg.evaluation
     chunk = max(1, e.batch_size // e.samples_per_prompt)
     opts = {"num_cpus": res.cpus_per_actor, "num_gpus": res.gpus_per_actor}
@@ -80,6 +81,7 @@ def _sample_policies(
         for name in policies
         for i in range(0, len(prompts), chunk)
     }
+    left = {name: sum(1 for n in pending.values() if n == name) for name in policies}
     results: dict[str, list[dict]] = {name: [] for name in policies}
     bar = tqdm(
         total=len(prompts) * len(policies), unit="prompt", desc="evaluating", disable=not progress
@@ -100,6 +102,9 @@ def _sample_policies(
                 raise VbonError(f"evaluating {name!r}: {reason}") from None
             results[name] += rows
             bar.update(len(rows))
+            left[name] -= 1
+            if not left[name]:  # free its CPUs for the policies still waiting for an actor
+                ray.kill(actors[name])
     finally:
         bar.close()
         for actor in actors.values():
