@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -75,12 +77,16 @@ def fit(job: TrainJob, resources: ResourcesConfig, storage: Path) -> Path:
         ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
     )
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         result = trainer.fit()
     except SystemExit:  # Ray Train's Ctrl-C handler aborts the run, then exits
         raise KeyboardInterrupt from None
     except Exception as exc:  # Ray wraps worker errors in its own types
         raise VbonError(f"training failed: {_failure_line(exc)}") from None
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, sigint)  # Ray Train's handler outlives the run
     if result.checkpoint is None:
         raise VbonError("training finished without a checkpoint; see the Ray Train logs")
     return Path(result.checkpoint.path)
