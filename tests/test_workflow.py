@@ -123,3 +123,26 @@ def test_a_failing_stage_is_named_and_earlier_stages_are_kept(tmp_path: Path) ->
     record = json.loads((run / "run.json").read_text())
     assert record["stages"]["evaluation"]["status"] == "failed"
     assert _statuses(record)["training"] == "ran"
+
+
+def test_uri_run_dir_is_mirrored_and_pulled_back(tmp_path: Path) -> None:
+    """A `file://` run_dir goes through pyarrow's file systems like s3:// would: each finished
+    stage is mirrored there, and a machine without the staging folder skips what it holds."""
+    import shutil
+
+    from vbon.run_store import staging_dir
+
+    uri = f"file://{tmp_path / 'remote'}"
+    cfg = _cfg(tmp_path).model_copy(update={"run_dir": uri})
+    first = run_workflow(cfg, serve=False)
+    assert set(_statuses(first).values()) == {"ran"}
+    remote = tmp_path / "remote" / "wf"
+    for folder in ("samples", "train", "eval"):
+        assert read_manifest(remote / folder)["status"] == "complete"
+    assert (remote / "train" / "model" / "model.safetensors").is_file()
+    assert json.loads((remote / "run.json").read_text()) == first
+
+    shutil.rmtree(staging_dir(uri, "wf"))  # as if on another machine
+    again = run_workflow(cfg, serve=False)
+    assert set(_statuses(again).values()) == {"skipped"}
+    assert (staging_dir(uri, "wf") / "eval" / "results.json").is_file()

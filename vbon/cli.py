@@ -131,10 +131,10 @@ def _run(args: argparse.Namespace) -> int:
 
     from vbon.evaluation.report import summary
     from vbon.ray_runtime import ray_session
-    from vbon.workflow import method_label, run_workflow
+    from vbon.workflow import local_run_dir, method_label, run_workflow
 
     cfg = _load(args)
-    run_dir = Path(cfg.run_dir) / cfg.name
+    run_dir = local_run_dir(cfg)
     print(
         f"workflow {cfg.name}: N={cfg.n}, M={cfg.m}, model={cfg.model.name_or_path}, run folder {run_dir}"
     )

@@ -3,7 +3,8 @@
 Each stage writes under RUN_DIR/NAME/ with a manifest holding the hash of the config it depends
 on. A rerun skips every stage whose hash is unchanged and whose output is complete; `from_stage`
 forces a stage and those after it. A failing stage leaves the finished ones intact and is named.
-The outcome of each stage is written to RUN_DIR/NAME/run.json.
+The outcome of each stage is written to RUN_DIR/NAME/run.json. A `run_dir` URI (s3://, file://)
+is mirrored stage by stage from a local staging folder (`vbon.run_store`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,17 @@ from pathlib import Path
 from vbon.config import WorkflowConfig
 from vbon.errors import VbonError
 from vbon.manifest import config_hash, read_manifest, write_json_atomic
+from vbon.run_store import is_uri, pull, push, staging_dir
 
 STAGES = ("sampling", "training", "evaluation", "serving")
 FOLDERS = {"sampling": "samples", "training": "train", "evaluation": "eval", "serving": "serve"}
+
+
+def local_run_dir(cfg: WorkflowConfig) -> Path:
+    """Where the stages' files are on this machine (the staging folder for a URI run_dir)."""
+    return (
+        staging_dir(cfg.run_dir, cfg.name) if is_uri(cfg.run_dir) else Path(cfg.run_dir) / cfg.name
+    )
 
 
 def method_label(cfg: WorkflowConfig) -> str:
@@ -88,7 +97,11 @@ def run_workflow(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Run (or skip) each stage on the Ray the caller started; returns run.json's content."""
-    run_dir = Path(cfg.run_dir) / cfg.name
+    remote = is_uri(cfg.run_dir)
+    run_dir = local_run_dir(cfg)
+    if remote:
+        pull(cfg.run_dir, cfg.name, [FOLDERS[s] for s in STAGES[:-1]])
+        log(f"run folder {cfg.run_dir}/{cfg.name}, staged in {run_dir}")
     run_dir.mkdir(parents=True, exist_ok=True)
     keys = stage_hashes(cfg, run_dir)
     forced = set(STAGES[STAGES.index(from_stage) :]) if from_stage else set()
@@ -122,9 +135,13 @@ def run_workflow(
         except VbonError as exc:
             record["stages"][stage] = {"status": "failed", "error": str(exc)}
             write_json_atomic(run_dir / "run.json", record)
+            if remote:
+                push(cfg.run_dir, cfg.name, run_dir, "run.json")
             raise VbonError(
                 f"stage {stage} failed: {exc} (finished stages are kept in {run_dir})"
             ) from None
+        if remote and stage != "serving":
+            push(cfg.run_dir, cfg.name, run_dir, FOLDERS[stage])
         seconds = time.perf_counter() - start
         record["stages"][stage] = {
             "status": "ran",
@@ -134,6 +151,8 @@ def run_workflow(
         }
         log(f"[{i}/{len(stages)}] {stage}: done in {seconds:.0f} s")
     write_json_atomic(run_dir / "run.json", record)
+    if remote:
+        push(cfg.run_dir, cfg.name, run_dir, "run.json")
     return record
 
 
