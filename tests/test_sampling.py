@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -13,6 +12,7 @@ from pathlib import Path
 import datasets
 import pytest
 import ray
+from ray_helpers import local_ray
 
 from vbon.config import parse_workflow
 from vbon.data.prompts import load_prompts
@@ -25,14 +25,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray(tiny_path):
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    pythonpath = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
-    ray.init(
-        num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}
-    )
-    yield
-    ray.shutdown()
+def ray_cluster(tiny_path):
+    with local_ray():
+        yield
 
 
 def _cfg(actors: int = 2, prompts: int = 12, **extra):

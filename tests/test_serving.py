@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import socket
 import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import ray
 from ray import serve
+from ray_helpers import free_port, local_ray
 from transformers import AutoTokenizer
 
 from vbon.config import parse_workflow
@@ -28,12 +26,6 @@ CHAT_TEMPLATE = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def model_dir(tiny_path: Path, tmp_path_factory) -> Path:
     """The tiny model with a chat template added to its tokenizer."""
@@ -47,18 +39,12 @@ def model_dir(tiny_path: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    pythonpath = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
-    ray.init(
-        num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}
-    )
-    yield
-    serve.shutdown()
-    ray.shutdown()
+def ray_cluster():
+    with local_ray():
+        yield
 
 
-PORT = _free_port()
+PORT = free_port()
 
 
 def _deploy(model_dir: Path, **serving) -> str:

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 import yaml
+from ray_helpers import RAY_ENV, local_ray, tests_pythonpath
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vbon.config import ResourcesConfig, TrainingConfig, parse_workflow
@@ -35,25 +35,13 @@ STEPS_TO_INTERRUPT = {2: 150, 3: 50}
 
 
 def _env() -> dict[str, str]:
-    pythonpath = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
-    return {
-        "PYTHONPATH": pythonpath,
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-        "DS_ACCELERATOR": "cpu",
-    }
+    return {**RAY_ENV, "PYTHONPATH": tests_pythonpath()}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray(tiny_path):
-    os.environ.update({k: v for k, v in _env().items() if k != "PYTHONPATH"})
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": _env()["PYTHONPATH"]}},
-    )
-    yield
-    ray.shutdown()
+def ray_cluster(tiny_path):
+    with local_ray():
+        yield
 
 
 def _raw(**training) -> dict:

@@ -4,14 +4,11 @@ evaluation and a Serve endpoint; reruns skip what is unchanged; a failing stage 
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import httpx
 import pytest
-import ray
-from ray import serve
+from ray_helpers import free_port, local_ray
 
 from vbon.config import parse_workflow
 from vbon.errors import VbonError
@@ -23,22 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray(tiny_path):
-    os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "DS_ACCELERATOR": "cpu"})
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.2"
-    pythonpath = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
-    ray.init(
-        num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}
-    )
-    yield
-    serve.shutdown()
-    ray.shutdown()
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def ray_cluster(tiny_path):
+    with local_ray():
+        yield
 
 
 def _cfg(run_dir: Path, **overrides):
@@ -67,7 +51,7 @@ def _cfg(run_dir: Path, **overrides):
     return parse_workflow(raw)
 
 
-_PORT = _port()
+_PORT = free_port()
 
 
 def _statuses(record: dict) -> dict[str, str]:
