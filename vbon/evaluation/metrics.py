@@ -57,7 +57,8 @@ def policy_row(
 
 def reference_row(ref_rewards: torch.Tensor, bon_n: int, resamples: int) -> dict:
     """The reference from its cached samples: samples 1..M-1 scored against sample 0 (the
-    paper's) and against the other M-1 (leave one out); KL is 0 exactly."""
+    paper's) and against the other M-1 (leave one out), and the samples BoN did not see
+    (n..M-1) against BoN's pick; KL is 0 exactly."""
     others, m = ref_rewards[:, 1:], ref_rewards.shape[1]
     loo = torch.stack(
         [win_rate_vs_samples(ref_rewards[:, j], _drop(ref_rewards, j)) for j in range(m)], -1
@@ -69,7 +70,9 @@ def reference_row(ref_rewards: torch.Tensor, bon_n: int, resamples: int) -> dict
             win_rate_vs_reward(others, ref_rewards[:, :1]).mean(-1), resamples
         ),
         "win_rate": estimate(loo.mean(-1), resamples),
-        "win_rate_vs_bon": estimate(win_rate_vs_reward(others, bon[:, None]).mean(-1), resamples),
+        "win_rate_vs_bon": estimate(
+            win_rate_vs_reward(ref_rewards[:, bon_n:], bon[:, None]).mean(-1), resamples
+        ),
         "kl": exact(0.0),
         "kl_k3": exact(0.0),
     }
