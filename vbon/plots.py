@@ -45,6 +45,9 @@ def training_curves(metrics_jsonl: Path, png: Path, title: str = "") -> Path:
     return png
 
 
+MARKERS = {"reference": "s", "vBoN": "o", "BoN": "^", "KL": "D"}  # by method family
+
+
 def pareto_plot(rows: list[dict], metric: str, label: str, png: Path, title: str = "") -> Path:
     """`metric` against KL to the reference: the BoN curve across N, one point per other method
     with its standard errors, and the Pareto front (highest value at each KL) drawn through."""
@@ -71,18 +74,20 @@ def pareto_plot(rows: list[dict], metric: str, label: str, png: Path, title: str
                 textcoords="offset points",
                 color="0.35",
             )
-    for r in rows:
-        if r["kind"] != "bon":
-            ax.errorbar(
-                r["kl"]["mean"],
-                r[metric]["mean"],
-                xerr=r["kl"]["se"],
-                yerr=r[metric]["se"],
-                fmt="s",
-                capsize=3,
-                label=r["method"],
-                zorder=3,
-            )
+    others = [r for r in rows if r["kind"] != "bon"]
+    colors = plt.cm.tab20.colors if len(others) > 10 else plt.cm.tab10.colors
+    for i, r in enumerate(others):
+        ax.errorbar(
+            r["kl"]["mean"],
+            r[metric]["mean"],
+            xerr=r["kl"]["se"],
+            yerr=r[metric]["se"],
+            fmt=MARKERS.get(r["method"].split(" ")[0].split("-")[0], "s"),
+            color=colors[i % len(colors)],
+            capsize=3,
+            label=r["method"],
+            zorder=3,
+        )
     kls, values = [r["kl"]["mean"] for r in rows], [r[metric]["mean"] for r in rows]
     front = sorted(
         (k, v) for k, v, on in zip(kls, values, pareto_front(kls, values), strict=True) if on
