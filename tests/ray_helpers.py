@@ -18,7 +18,7 @@ RAY_ENV = {
 }
 
 
-def tests_pythonpath() -> str:
+def worker_pythonpath() -> str:
     return os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
 
 
@@ -29,7 +29,7 @@ def local_ray() -> Iterator[None]:
     ray.init(
         num_cpus=2,
         include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": tests_pythonpath()}},
+        runtime_env={"env_vars": {"PYTHONPATH": worker_pythonpath()}},
     )
     try:
         yield

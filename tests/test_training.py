@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from ray_helpers import RAY_ENV, local_ray, tests_pythonpath
+from ray_helpers import RAY_ENV, local_ray, worker_pythonpath
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vbon.config import ResourcesConfig, TrainingConfig, parse_workflow
@@ -35,7 +35,7 @@ STEPS_TO_INTERRUPT = {2: 150, 3: 50}
 
 
 def _env() -> dict[str, str]:
-    return {**RAY_ENV, "PYTHONPATH": tests_pythonpath()}
+    return {**RAY_ENV, "PYTHONPATH": worker_pythonpath()}
 
 
 @pytest.fixture(scope="module", autouse=True)

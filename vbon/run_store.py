@@ -39,6 +39,7 @@ def pull(run_dir: str, name: str, folders: list[str]) -> Path:
     fs, root = _remote(run_dir, name)
     for folder in folders:
         if fs.get_file_info(f"{root}/{folder}").type == pafs.FileType.Directory:
+            (local / folder).mkdir(parents=True, exist_ok=True)  # copy_files makes subfolders only
             pafs.copy_files(
                 f"{root}/{folder}",
                 str(local / folder),
