@@ -35,3 +35,10 @@ def test_error_bodies_follow_openai() -> None:
             "code": "model_not_found",
         }
     }
+
+
+def test_streaming_is_refused_clearly() -> None:
+    with pytest.raises(ValidationError) as err:
+        CompletionRequest.model_validate({"model": "m", "prompt": "a", "stream": True})
+    message, param = validation_message(err.value.errors())
+    assert param == "stream" and "False" in message

@@ -19,6 +19,7 @@ class _Request(BaseModel):
     n: int = Field(1, ge=1)
     seed: int | None = None
     stop: str | list[str] | None = None
+    stream: Literal[False] = False  # answers come whole; a streaming request is a clear 400
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
