@@ -5,7 +5,7 @@ KL(pi || pi_BoN), KL(pi || pi_ref) and the win rate against the reference. KL-re
 the raw reward gets the beta that puts its optimum at the same KL from the reference as vBoN-exact.
 The ratio printed per method is its KL to pi_BoN over the reference's (lower is better).
 
-    python bench/exact.py [--ns 2 4 8 16] [--out bench/results]
+    python bench/exact.py [--ns 2 4 8 16] [--levels 13] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from vbon.core.bon import bon_probs, win_rate_vs_ref
+from vbon.methods import get_method
 from vbon.toy.train import ToyRun, optimum, train_toy
-from vbon.toy.world import all_sequences, distinct_reward, kl, random_reference
+from vbon.toy.world import all_sequences, distinct_reward, kl, leveled_reward, random_reference
 
 V, L = 4, 5
 
@@ -39,22 +40,25 @@ def tune_beta(ref, reward, n: int, target_kl: float) -> float:
     return math.exp(0.5 * (lo + hi))
 
 
-def run(ns: list[int], out: Path) -> dict:
-    ref, reward = random_reference(V, L, seed=0), distinct_reward(V, L, seed=1)
+def run(ns: list[int], out: Path, levels: int | None = None) -> dict:
+    ref = random_reference(V, L, seed=0)
+    reward = distinct_reward(V, L, seed=1) if levels is None else leveled_reward(V, L, levels, 1)
     p, r = ref.probs(), reward(all_sequences(V, L))
     rows = []
     for n in ns:
         bon = bon_probs(p, r, n)
         policies = {"reference": p, "BoN": bon}
         start = time.perf_counter()
-        for name, spec in [
-            ("vBoN-exact", ToyRun("vbon_exact", n)),
-            ("vBoN-exact (F_hat, M=300)", ToyRun("vbon_exact", n, m=300)),
-            ("vBoN-l1", ToyRun("vbon_l1", n)),
-            ("BoN-SFT", ToyRun("bon_sft", n, lr=0.05)),
+        for spec in [
+            ToyRun("vbon_exact", n),
+            ToyRun("vbon_exact", n, m=300),
+            ToyRun("vbon", n, m=300),
+            ToyRun("bon_sft", n, lr=0.05),
+            ToyRun("bon_distill", n, lr=0.05),
         ]:
+            name = get_method(spec.method).label + (f" (F_hat, M={spec.m})" if spec.m else "")
             policies[name] = train_toy(ref, reward, spec).probs()
-        beta = tune_beta(ref, reward, n, kl(policies["vBoN-exact"], p))
+        beta = tune_beta(ref, reward, n, kl(policies["vBoN (exact)"], p))
         policies[f"KL-RL (beta={beta:.3g})"] = train_toy(
             ref, reward, ToyRun("kl_rl", n, beta=beta)
         ).probs()
@@ -74,9 +78,9 @@ def run(ns: list[int], out: Path) -> dict:
                 f"ratio={row['kl_to_bon_ratio_vs_reference']:.4f}  KL(pi||ref)={row['kl_to_ref']:.3f}  "
                 f"win={row['win_rate']:.4f}"
             )
-        print(f"N={n}: trained 5 policies in {time.perf_counter() - start:.1f}s")
+        print(f"N={n}: trained {len(policies) - 2} policies in {time.perf_counter() - start:.1f}s")
     out.mkdir(parents=True, exist_ok=True)
-    result = {"world": {"vocab": V, "length": L}, "rows": rows}
+    result = {"world": {"vocab": V, "length": L, "reward_levels": levels}, "rows": rows}
     (out / "exact.json").write_text(json.dumps(result, indent=2))
     plot(rows, ns, out / "exact.png")
     print(f"wrote {out / 'exact.json'} and {out / 'exact.png'}")
@@ -136,5 +140,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ns", type=int, nargs="+", default=[2, 4, 8, 16])
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument(
+        "--levels", type=int, help="cut the reward into this many tied levels (default: distinct)"
+    )
     args = parser.parse_args()
-    run(args.ns, args.out)
+    run(args.ns, args.out, args.levels)

@@ -2,11 +2,11 @@
 
 One command, on `workflows/fidelity.yaml` (SmolLM2-135M-Instruct, VADER reward, movie-review
 openings, M reference samples per prompt): sample once; for each N train vBoN (l1 and exact
-rewards) and BoN-SFT, plus KL-regularised RL on the raw reward at several beta (beta does not
-depend on N), all with the same trainer and the same number of policy updates; evaluate every
-policy and BoN at every N on the held-out prompts. Writes bench/results/fidelity/ (results.json,
-results.md, the Pareto PNGs) and fidelity.json with, per N, vBoN's win rate as a share of BoN's
-and whether vBoN is on the win-rate-vs-KL Pareto front.
+rewards), BoN-SFT and BoN distillation, plus KL-regularised RL on the raw reward at several beta
+(beta does not depend on N), all with the same trainer and the same number of policy updates;
+evaluate every policy and BoN at every N on the held-out prompts. Writes bench/results/fidelity/
+(results.json, results.md, the Pareto PNGs) and fidelity.json with, per N and method, the share
+of BoN-N's gain recovered (G), the gap to the BoN curve, Pareto membership, and a verdict.
 
     python bench/fidelity.py            # about an hour on 2 CPU cores
     python bench/fidelity.py --scale    # paper size, for a GPU cluster (resources from the file)
@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-import ray
+import torch
 
 from vbon.config import WorkflowConfig, load_workflow, parse_workflow
+from vbon.core.metrics import gain_recovered
+from vbon.evaluation.report import summary as summarize
 from vbon.evaluation.stage import run_evaluation
+from vbon.methods import METHODS
+from vbon.ray_runtime import ray_session
 from vbon.sampling.stage import run_sampling
 from vbon.training.stage import run_training
 
@@ -35,9 +38,9 @@ SCALE = {
     "overrides": {
         "m": 128,
         "data": {"max_prompts": 2000, "test_fraction": 0.1},
-        "sampling": {"max_new_tokens": 40, "batch_size": 512},
-        "training": {"steps": 300, "prompts_per_step": 64, "trainable": "all", "optimizer": "ppo",
-                     "samples_per_prompt": 1, "ppo_epochs": 4, "learning_rate": 1.41e-5},
+        "sampling": {"max_new_tokens": 40, "shard_size": 512},
+        "training": {"steps": 300, "prompts_per_step": 64, "trainable": "all", "estimator": "ppo",
+                     "samples_per_prompt": 1, "update_epochs": 4, "learning_rate": 1.41e-5},
         "evaluation": {"n_values": [1, 2, 4, 8, 16, 32, 64, 128], "samples_per_prompt": 8},
         "resources": {"sampling_actors": 8, "gpus_per_actor": 1, "train_workers": 8,
                       "gpus_per_worker": 1},
@@ -53,30 +56,45 @@ def variant(base: WorkflowConfig, **changes) -> WorkflowConfig:
     return parse_workflow(raw, "fidelity variant")
 
 
+PER_N = ("vbon", "vbon_exact", "bon_sft", "bon_distill")  # methods trained once per N
+
+
 def methods(base: WorkflowConfig, n_values: list[int], betas: list[float]) -> dict:
-    """Label -> workflow, one per trained policy."""
+    """Label -> workflow, one per trained policy; labels come from the method registry."""
     out = {}
     for n in n_values:
-        for reward in ("l1", "exact"):
-            t = {"algorithm": "vbon", "vbon_reward": reward, "beta": None}
-            out[f"vBoN-{reward} N={n}"] = variant(base, n=n, training=t)
-        out[f"BoN-SFT N={n}"] = variant(base, n=n, training={"algorithm": "bon_sft", "beta": None})
+        for name in PER_N:
+            cfg = variant(base, n=n, training={"algorithm": name, "beta": None})
+            out[f"{cfg.method_label} N={n}"] = cfg
     for beta in betas:
-        out[f"KL-RL beta={beta:g}"] = variant(base, training={"algorithm": "kl_rl", "beta": beta})
+        cfg = variant(base, training={"algorithm": "kl_rl", "beta": beta})
+        out[cfg.method_label] = cfg
     return out
 
 
 def claim(rows: dict, n: int) -> dict:
-    """vBoN-l1's win rate as a share of BoN's at n, and who is on the Pareto front."""
-    bon = rows[f"BoN N={n}"]["win_rate"]["mean"]
+    """Per method trained for N: the share of BoN-N's gain it recovers (G, paired over prompts),
+    its gap to the BoN curve, whether it is on the Pareto front; and the verdict of the issue's
+    bar (G >= 0.9 and gap <= 0.02 for vBoN)."""
+    bon = torch.tensor(rows[f"BoN N={n}"]["per_prompt_win_rate"])
     out = {}
-    for reward in ("l1", "exact"):
-        r = rows[f"vBoN-{reward} N={n}"]
-        out[f"vbon_{reward}_win_share_of_bon"] = r["win_rate"]["mean"] / bon
-        out[f"vbon_{reward}_on_pareto_front"] = r["pareto_win_rate"]
-    sft = rows[f"BoN-SFT N={n}"]
-    out["bon_sft_win_share_of_bon"] = sft["win_rate"]["mean"] / bon
-    out["bon_sft_on_pareto_front"] = sft["pareto_win_rate"]
+    for label, r in rows.items():
+        if r["kind"] != "policy" or not label.endswith(f" N={n}"):
+            continue
+        g, se = gain_recovered(torch.tensor(r["per_prompt_win_rate"]), bon)
+        out[label] = {
+            "gain_recovered": g,
+            "gain_recovered_se": se,
+            "gap_to_bon_curve": r["gap_to_bon_curve"]["mean"],
+            "kl": r["kl"]["mean"],
+            "on_pareto_front": r["pareto_win_rate"],
+        }
+    vbon = out[f"{METHODS['vbon'].label} N={n}"]
+    out["verdict"] = (
+        "met"
+        if vbon["gain_recovered"] >= 0.9 and vbon["gap_to_bon_curve"] <= 0.02
+        else f"not met: G = {vbon['gain_recovered']:.2f}, gap = {vbon['gap_to_bon_curve']:.3f}"
+    )
     return out
 
 
@@ -91,11 +109,8 @@ def main() -> None:
     if args.scale:
         base = variant(base, **plan["overrides"])
     run = Path(base.run_dir) / base.name
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    ray.init(address=base.resources.ray_address, include_dashboard=False, log_to_driver=False)
     timing, start = {}, time.perf_counter()
-    try:
+    with ray_session(base.resources, verbose=False, log_dir=run):
         samples = run_sampling(base, run / "samples")
         timing["sampling_s"] = time.perf_counter() - start
         policies = {}
@@ -108,21 +123,19 @@ def main() -> None:
         began = time.perf_counter()
         out = run_evaluation(base, samples, policies, args.out)
         timing["evaluation_s"] = time.perf_counter() - began
-    finally:
-        ray.shutdown()
     results = json.loads((out / "results.json").read_text())
     rows = {r["method"]: r for r in results["rows"]}
     summary = {"claim": {n: claim(rows, n) for n in plan["n_values"]}, "timing": timing}
     summary["timing"]["total_s"] = time.perf_counter() - start
     (out / "fidelity.json").write_text(json.dumps(summary, indent=2))
-    print((out / "results.md").read_text().split("\n\n**Prompt:**")[0])
+    print(summarize(results))
     for n, c in summary["claim"].items():
-        print(
-            f"N={n}: vBoN-l1 win rate = {c['vbon_l1_win_share_of_bon']:.0%} of BoN's "
-            f"(Pareto: {c['vbon_l1_on_pareto_front']}); vBoN-exact {c['vbon_exact_win_share_of_bon']:.0%} "
-            f"({c['vbon_exact_on_pareto_front']}); BoN-SFT {c['bon_sft_win_share_of_bon']:.0%} "
-            f"({c['bon_sft_on_pareto_front']})"
+        shown = "; ".join(
+            f"{label}: G {v['gain_recovered']:.2f}, gap {v['gap_to_bon_curve']:+.3f}"
+            for label, v in c.items()
+            if label != "verdict"
         )
+        print(f"N={n}: {shown}; vBoN bar (G >= 0.9, gap <= 0.02): {c['verdict']}")
     print(f"total {summary['timing']['total_s'] / 60:.1f} min; wrote {out}")
 
 

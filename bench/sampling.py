@@ -18,12 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import ray
 import torch
 
-from vbon.config import parse_workflow
+from vbon.config import ResourcesConfig, parse_workflow
 from vbon.data.prompts import load_prompts
 from vbon.models import load_causal_lm, load_tokenizer
+from vbon.ray_runtime import ray_session
 from vbon.sampling.generate import generate, row_seed
 from vbon.sampling.stage import plan_shards, run_sampling
 
@@ -35,7 +35,7 @@ def workflow(model: str, prompts: int, actors: int):
             "m": 8,
             "model": {"name_or_path": model},
             "data": {"max_prompts": prompts},
-            "sampling": {"max_new_tokens": 16, "batch_size": 32},
+            "sampling": {"max_new_tokens": 16, "shard_size": 32},
             "resources": {"sampling_actors": actors},
         }
     )
@@ -119,12 +119,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    torch.set_num_threads(2)
-    try:
+    with ray_session(ResourcesConfig(), verbose=False):
+        torch.set_num_threads(2)
         results = [bench_model(m, args.prompts, args.naive_prompts) for m in args.models]
-    finally:
-        ray.shutdown()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sampling.json").write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.out / 'sampling.json'}")

@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 import httpx
-import ray
 from ray import serve
 
-from vbon.config import parse_workflow
+from vbon.config import ResourcesConfig, parse_workflow
 from vbon.data.movie_reviews import review_openings
 from vbon.models import resolve_model_path
+from vbon.ray_runtime import ray_session
 from vbon.serving.launch import serve_model
 
 
@@ -86,21 +86,20 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     prompts = review_openings()[: args.requests]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    port, results = free_port(), {}
-    try:
-        for label, bon_n in (("one_sample", None), ("bon_4", 4), ("bon_8", 8)):
-            url = deploy(args.model, bon_n, port)
-            results[label] = drive(url, prompts, args.concurrency, args.max_tokens)
-            r = results[label]
-            print(
-                f"{label:<10} {r['requests_per_s']:6.2f} req/s  p50 {r['p50_s']:6.2f} s  "
-                f"p95 {r['p95_s']:6.2f} s",
-                flush=True,
-            )
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with ray_session(ResourcesConfig(), verbose=False):
+        port, results = free_port(), {}
+        try:
+            for label, bon_n in (("one_sample", None), ("bon_4", 4), ("bon_8", 8)):
+                url = deploy(args.model, bon_n, port)
+                results[label] = drive(url, prompts, args.concurrency, args.max_tokens)
+                r = results[label]
+                print(
+                    f"{label:<10} {r['requests_per_s']:6.2f} req/s  p50 {r['p50_s']:6.2f} s  "
+                    f"p95 {r['p95_s']:6.2f} s",
+                    flush=True,
+                )
+        finally:
+            serve.shutdown()
     for n in (4, 8):
         ratio = results["one_sample"]["requests_per_s"] / results[f"bon_{n}"]["requests_per_s"]
         results[f"ratio_one_sample_vs_bon_{n}"] = ratio

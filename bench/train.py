@@ -17,10 +17,9 @@ import os
 import tempfile
 from pathlib import Path
 
-import ray
-
-from vbon.config import parse_workflow
+from vbon.config import ResourcesConfig, parse_workflow
 from vbon.plots import read_steps
+from vbon.ray_runtime import ray_session
 from vbon.sampling.stage import run_sampling
 from vbon.training.stage import run_training
 
@@ -34,10 +33,10 @@ def workflow(model: str, workers: int, stage: int, steps: int):
             "m": 8,
             "model": {"name_or_path": model},
             "data": {"max_prompts": 32},
-            "sampling": {"max_new_tokens": 16, "batch_size": 32},
+            "sampling": {"max_new_tokens": 16, "shard_size": 32},
             "resources": {"sampling_actors": 2, "train_workers": workers},
             "training": {
-                "optimizer": "rloo",
+                "estimator": "rloo",
                 "samples_per_prompt": 4,
                 "prompts_per_step": 4,
                 "steps": steps,
@@ -78,9 +77,8 @@ def main() -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    rows, ratios = [], []
-    try:
+    with ray_session(ResourcesConfig(), verbose=False):
+        rows, ratios = [], []
         for model in args.models:
             with tempfile.TemporaryDirectory() as tmp:
                 for stage in (2, 3):
@@ -91,8 +89,6 @@ def main() -> None:
                     rows += [one, two]
                     ratio = two["tokens_per_s"] / one["tokens_per_s"]
                     ratios.append({"model": model, "zero_stage": stage, "scaling_2_vs_1": ratio})
-    finally:
-        ray.shutdown()
     print(f"\n{'model':<32} {'workers':>7} {'ZeRO':>4} {'s/step':>7} {'tok/s':>8} {'peak MiB':>9}")
     for r in rows:
         print(

@@ -43,8 +43,19 @@ BAD = [
     ({"sampling": {"top_p": 1.5}}, "sampling.top_p = 1.5: must be less than or equal to 1"),
     (
         {"training": {"algorithm": "dpo"}},
-        "training.algorithm = 'dpo': must be 'vbon', 'kl_rl' or 'bon_sft'",
+        "training.algorithm = 'dpo': must be 'vbon', 'vbon_exact', 'kl_rl', 'bon_sft', "
+        "'bon_distill' or 'jeffreys'",
     ),
+    (
+        {"training": {"optimizer": "rloo"}},
+        "training: key 'optimizer' was renamed: use training.estimator (ppo or rloo)",
+    ),
+    ({"training": {"ppo_epochs": 2}}, "key 'ppo_epochs' was renamed: use training.update_epochs"),
+    ({"training": {"vbon_reward": "exact"}}, "use training.algorithm: vbon (the l1 reward) or"),
+    ({"sampling": {"batch_size": 8}}, "sampling: key 'batch_size' was renamed: use sampling.shard"),
+    ({"training": {"algorithm": "bon_sft", "beta": 0.1}}, "'bon_sft' has no KL coefficient"),
+    ({"training": {"algorithm": "bon_sft", "distill_steps": 2}}, "has no RL term"),
+    ({"training": {"distill_steps": 100, "steps": 100}}, "distill_steps (100) must be below"),
     ({"training": {"algorithm": "kl_rl"}}, "training: algorithm 'kl_rl' needs training.beta"),
     ({"training": {"beta": 0.1}}, "training: algorithm 'vbon' fixes beta = 1/(N-1)"),
     ({"serving": {"min_replicas": 3, "max_replicas": 2}}, "serving.min_replicas (3) exceeds"),
@@ -78,9 +89,22 @@ def test_every_error_is_reported_on_its_own_line() -> None:
 
 def test_defaults_are_valid_and_beta_follows_n() -> None:
     cfg = parse_workflow({"n": 5, "m": 10})
-    assert isinstance(cfg, WorkflowConfig)
-    assert cfg.beta == pytest.approx(0.25)
-    assert parse_workflow({"training": {"algorithm": "kl_rl", "beta": 0.05}}).beta == 0.05
+    assert cfg == WorkflowConfig(n=5, m=10)
+    assert cfg.beta == pytest.approx(0.25) and cfg.method_label == "vBoN (l1)"
+    kl_rl = parse_workflow({"training": {"algorithm": "kl_rl", "beta": 0.05}})
+    assert kl_rl.beta == 0.05 and kl_rl.method_label == "KL-RL beta=0.05"
+    assert parse_workflow({"training": {"algorithm": "bon_distill"}}).beta == 0.0
+    warm = parse_workflow(
+        {
+            "training": {
+                "algorithm": "jeffreys",
+                "estimator": "rloo",
+                "samples_per_prompt": 2,
+                "distill_steps": 4,
+            }
+        }
+    )
+    assert warm.method_label == "Jeffreys lambda=0.5 + distill warm start"
 
 
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -11,11 +12,12 @@ from hypothesis import strategies as st
 
 from vbon.core.bon import (
     bon_kl_bound,
+    bon_pick_probs,
     bon_probs,
     bon_probs_l1,
     bon_probs_no_ties,
     bon_win_rate_limit,
-    log_bon_prob,
+    log_bon_ratio,
     reward_masses,
     win_rate_vs_ref,
 )
@@ -52,7 +54,9 @@ def test_closed_forms_agree_without_ties() -> None:
         exact = bon_probs(p, r, n)
         assert torch.allclose(bon_probs_no_ties(p, p_lt, n), exact, rtol=1e-10)
         assert torch.allclose(
-            log_bon_prob(torch.log(p_lt), torch.log(p), n), torch.log(exact), atol=1e-9
+            torch.log(p) + log_bon_ratio(torch.log(p_lt), torch.log(p), n),
+            torch.log(exact),
+            atol=1e-9,
         )
         # the L1 form N F^(N-1) p is a lower bound that becomes tight as p -> 0
         l1 = bon_probs_l1(p, p_lt, n)
@@ -61,11 +65,53 @@ def test_closed_forms_agree_without_ties() -> None:
         assert torch.allclose(l1[small], exact[small], rtol=n * 1e-3)
 
 
-def test_log_bon_prob_handles_the_lowest_outcome() -> None:
-    """F = 0 (log F = -inf): only the i = N term survives, log pi_BoN = N log p."""
-    log_p = torch.tensor([-2.0], dtype=torch.float64)
-    got = log_bon_prob(torch.tensor([-math.inf], dtype=torch.float64), log_p, 4)
-    assert torch.allclose(got, 4 * log_p)
+def test_log_bon_ratio_edges_and_ties() -> None:
+    """a = 0: ((0 + w)^N - 0) / w = w^(N-1); w = 0: the L1 limit N a^(N-1); a tied block
+    [a, a + w] gives the mass p (b^N - a^N) / (b - a) of `bon_probs`."""
+    w, a = torch.tensor([0.2], dtype=torch.float64), torch.tensor([0.3], dtype=torch.float64)
+    ninf = torch.tensor([-math.inf], dtype=torch.float64)
+    assert torch.allclose(log_bon_ratio(ninf, torch.log(w), 4), 3 * torch.log(w))
+    assert torch.allclose(log_bon_ratio(torch.log(a), ninf, 4), math.log(4) + 3 * torch.log(a))
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    r = torch.tensor([0.0, 1.0, 1.0, 2.0], dtype=torch.float64)
+    p_lt, p_le = reward_masses(p, r)
+    got = p * torch.exp(log_bon_ratio(torch.log(p_lt), torch.log(p_le - p_lt), 3))
+    assert torch.allclose(got, bon_probs(p, r, 3))
+
+
+def _pick_by_enumeration(rewards: list[float], n: int) -> torch.Tensor:
+    """Every ordered draw of N distinct samples; the first draw with the top reward wins."""
+    wins = torch.zeros(len(rewards), dtype=torch.float64)
+    draws = list(itertools.permutations(range(len(rewards)), n))
+    for draw in draws:
+        best = max(rewards[i] for i in draw)
+        wins[next(i for i in draw if rewards[i] == best)] += 1
+    return wins / len(draws)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_bon_pick_probs_match_enumeration(n: int) -> None:
+    rewards = [0.0, 1.0, 0.0, 2.0, 1.0, 1.0, -1.0]
+    got = bon_pick_probs(torch.tensor(rewards, dtype=torch.float64), n)
+    assert torch.allclose(got, _pick_by_enumeration(rewards, n), atol=1e-12)
+    assert float(got.sum()) == pytest.approx(1.0)
+
+
+def test_bon_pick_probs_estimate_pi_bon_without_bias() -> None:
+    """Averaged over many i.i.d. groups of M reference samples, the pick weights give pi_BoN
+    (a draw without replacement from i.i.d. samples is i.i.d.), ties included."""
+    p = torch.tensor([0.1, 0.3, 0.2, 0.25, 0.15], dtype=torch.float64)
+    r = torch.tensor([0.0, 0.0, 1.0, 1.0, 2.0], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    groups = torch.multinomial(p, 6 * 20_000, replacement=True, generator=g).view(20_000, 6)
+    weights = bon_pick_probs(r[groups], 4)
+    estimate = torch.zeros(5, dtype=torch.float64).index_add_(
+        0, groups.flatten(), weights.flatten()
+    )
+    estimate /= len(groups)
+    assert torch.allclose(estimate, bon_probs(p, r, 4), atol=0.01)
+    with pytest.raises(ValueError, match="1 <= N <= M"):
+        bon_pick_probs(r, 6)
 
 
 @pytest.mark.parametrize("n", [2, 4, 8, 16])

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vbon.core.bon import bon_probs, reward_masses
-from vbon.core.cdf import empirical_cdf, log_empirical_cdf
+from vbon.core.cdf import empirical_cdf, empirical_masses
 from vbon.core.vbon_reward import beta_from_n, exact_reward, l1_reward, n_from_beta
+from vbon.methods import METHODS
 
 floats = st.floats(-100, 100, allow_nan=False)
 
@@ -24,8 +25,12 @@ def test_cdf_definition_and_range(ref: list[float], query: list[float]) -> None:
     m = len(ref)
     for value, got in zip(query, f.tolist(), strict=True):
         assert got == pytest.approx((sum(r < value for r in ref) + 1) / (m + 1))
-    log_f = log_empirical_cdf(q, ref_t)[0]
+    log_f = torch.log(f)
     assert (log_f >= -math.log(m + 1) - 1e-12).all() and (log_f <= 0).all()
+    p_lt, p_le = empirical_masses(q, ref_t)
+    assert torch.equal(p_lt[0], f)
+    for value, got in zip(query, p_le[0].tolist(), strict=True):
+        assert got == pytest.approx((sum(r <= value for r in ref) + 1) / (m + 1))
 
 
 @settings(max_examples=100, deadline=None)
@@ -66,18 +71,22 @@ def test_n_beta_mapping_round_trips() -> None:
         n_from_beta(0.0)
 
 
-def _space(k: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _space(k: int = 300, seed: int = 0, levels: int | None = None):
     g = torch.Generator().manual_seed(seed)
     p = torch.distributions.Dirichlet(torch.ones(k, dtype=torch.float64)).sample()
     r = torch.randn(k, generator=g, dtype=torch.float64)
-    return p, r, reward_masses(p, r)[0]
+    if levels is not None:
+        r = torch.randint(levels, (k,), generator=g).double()
+    return p, r, *reward_masses(p, r)
 
 
+@pytest.mark.parametrize("levels", [None, 3, 13])
 @pytest.mark.parametrize("n", [2, 4, 8, 16])
-def test_exact_reward_optimum_is_pi_bon(n: int) -> None:
-    """pi_ref * exp(R_exact / beta) with beta = 1/(N-1) normalises to pi_BoN exactly."""
-    p, r, f = _space()
-    reward = exact_reward(torch.log(f), torch.log(p), n)
+def test_exact_reward_optimum_is_pi_bon(n: int, levels: int | None) -> None:
+    """pi_ref * exp(R_exact / beta) with beta = 1/(N-1) normalises to pi_BoN exactly, with
+    distinct and with tied rewards."""
+    p, r, p_lt, p_le = _space(levels=levels)
+    reward = exact_reward(p_lt, p_le, torch.log(p), n)
     optimum = torch.softmax(torch.log(p) + reward / beta_from_n(n), 0)
     assert torch.allclose(optimum, bon_probs(p, r, n), atol=1e-12)
     # dividing by N (as the authors' code does) moves the optimum off pi_BoN
@@ -86,26 +95,33 @@ def test_exact_reward_optimum_is_pi_bon(n: int) -> None:
 
 
 @pytest.mark.parametrize("n", [2, 4, 8])
-def test_l1_reward_optimum_is_ref_times_f_power(n: int) -> None:
-    p, _, f = _space()
-    f = f.clamp_min(1e-3)
-    optimum = torch.softmax(torch.log(p) + l1_reward(torch.log(f)) / beta_from_n(n), 0)
+def test_l1_reward_is_log_f_untied_and_the_block_mean_tied(n: int) -> None:
+    p, _, p_lt, _ = _space()
+    f = p_lt.clamp_min(1e-3)
+    assert torch.allclose(l1_reward(f, f, n), torch.log(f))  # no tie: the paper's log F
+    optimum = torch.softmax(torch.log(p) + l1_reward(f, f, n) / beta_from_n(n), 0)
     target = p * f ** (n - 1)
     assert torch.allclose(optimum, target / target.sum(), atol=1e-12)
+    # a tied block [a, b]: exp((N-1) R) is the mean of u^(N-1) over it
+    a, b = torch.tensor([0.2], dtype=torch.float64), torch.tensor([0.6], dtype=torch.float64)
+    mean = (b**n - a**n) / (n * (b - a))
+    assert torch.allclose(torch.exp((n - 1) * l1_reward(a, b, n)), mean)
 
 
-def test_policy_score_maps_rewards_per_algorithm() -> None:
-    from vbon.core.vbon_reward import exact_reward, policy_score
-
-    rewards = torch.tensor([[0.1, 0.5], [0.9, -1.0]], dtype=torch.float64)
-    ref = torch.tensor([[0.0, 0.2, 0.4, 9.0], [0.5, 0.6, 0.0, 0.0]], dtype=torch.float64)
+def test_registry_scores_map_rewards_through_the_masses() -> None:
+    rewards = torch.tensor([[0.1, 0.5], [0.0, -1.0]], dtype=torch.float64)
+    ref = torch.tensor([[0.0, 0.2, 0.5, 9.0], [0.0, 0.0, 7.0, 7.0]], dtype=torch.float64)
     mask = torch.tensor([[True] * 4, [True, True, False, False]])
     seq_ref = torch.tensor([[-3.0, -4.0], [-5.0, -6.0]], dtype=torch.float64)
-    raw = policy_score("kl_rl", "l1", rewards, ref, mask, seq_ref, 4)
-    assert torch.equal(raw, rewards)
-    l1 = policy_score("vbon", "l1", rewards, ref, mask, seq_ref, 4)
-    # F_hat = (#below + 1) / (M + 1): prompt 0 has M = 4, prompt 1 has M = 2 (masked)
-    expected = torch.log(torch.tensor([[2 / 5, 4 / 5], [3 / 3, 1 / 3]], dtype=torch.float64))
-    assert torch.allclose(l1, expected)
-    exact = policy_score("vbon", "exact", rewards, ref, mask, seq_ref, 4)
-    assert torch.allclose(exact, exact_reward(expected, seq_ref, 4))
+    p_lt, p_le = empirical_masses(rewards, ref, mask)
+    # (#below + 1) / (M + 1) and (#at-or-below + 1) / (M + 1); prompt 1 has M = 2 (masked)
+    assert torch.allclose(p_lt, torch.tensor([[2 / 5, 3 / 5], [1 / 3, 1 / 3]], dtype=torch.float64))
+    assert torch.allclose(p_le, torch.tensor([[2 / 5, 4 / 5], [3 / 3, 1 / 3]], dtype=torch.float64))
+    args = (rewards, p_lt, p_le, seq_ref, 4)
+    assert torch.equal(METHODS["kl_rl"].score(*args), rewards)
+    l1 = METHODS["vbon"].score(*args)
+    assert torch.allclose(l1[0, 0], torch.log(p_lt[0, 0]))  # 0.1: untied, the paper's log F
+    assert l1[0, 1] > torch.log(p_lt[0, 1])  # 0.5 ties a reference sample: the block mean
+    assert l1[1, 0] > torch.log(p_lt[1, 0])  # so do the zeros
+    assert torch.allclose(METHODS["vbon_exact"].score(*args), exact_reward(p_lt, p_le, seq_ref, 4))
+    assert METHODS["bon_sft"].score is None and METHODS["bon_distill"].score is None

@@ -15,8 +15,8 @@ from vbon.core.losses import (
     ppo_policy_loss,
     rloo_advantages,
     sequence_kl_penalized_reward,
-    sft_loss,
     value_loss,
+    weighted_nll,
 )
 
 MASK = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
@@ -87,8 +87,12 @@ def test_ppo_gradient_is_policy_gradient_then_clips() -> None:
 def test_value_loss_is_zero_at_target_and_clips() -> None:
     ret = torch.randn(3, 4)
     assert value_loss(ret, ret, ret, MASK) == 0
-    far = value_loss(ret + 5.0, ret + 5.0, ret, MASK)
-    assert far == pytest.approx(12.5)
+    assert value_loss(ret + 5.0, ret + 5.0, ret, MASK) == pytest.approx(12.5)
+    # V moved 5 from V_old towards a target 10 away: the clipped V_old + 0.2 is 9.8 off, and the
+    # pessimistic max keeps it: 0.5 * 9.8^2 rather than the unclipped 0.5 * 5^2
+    old = torch.zeros(3, 4)
+    clipped = value_loss(old + 5.0, old, old + 10.0, MASK, clip_range=0.2)
+    assert clipped == pytest.approx(0.5 * 9.8**2)
 
 
 def test_rloo_is_leave_one_out_and_zero_sum() -> None:
@@ -100,10 +104,15 @@ def test_rloo_is_leave_one_out_and_zero_sum() -> None:
         rloo_advantages(torch.ones(2, 1))
 
 
-def test_sft_loss_and_masked_helpers() -> None:
-    logp = torch.log(torch.tensor([[0.5, 0.25, 0.5, 0.9]]))
-    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
-    assert sft_loss(logp, mask) == pytest.approx(-(logp[0, :3].sum() / 3).item())
+def test_weighted_nll_and_masked_helpers() -> None:
+    logp = torch.log(torch.tensor([[0.5, 0.25, 0.5, 0.9], [0.1, 0.2, 0.3, 0.4]]))
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    one = weighted_nll(logp[:1], mask[:1])
+    assert one == pytest.approx(-(logp[0, :3].sum() / 3).item())  # BoN-SFT: token-mean NLL
+    w = torch.tensor([0.75, 0.25])
+    expected = -(0.75 * logp[0, :3].sum() + 0.25 * logp[1, :2].sum()) / (0.75 * 3 + 0.25 * 2)
+    assert weighted_nll(logp, mask, w) == pytest.approx(expected.item())
+    assert weighted_nll(logp, mask, torch.tensor([1.0, 0.0])) == pytest.approx(one.item())
     assert masked_mean(torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1.0, 1.0, 0.0]])) == 2.0
     w = masked_whiten(torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1.0, 1.0, 0.0]]))
     assert w[0].tolist() == pytest.approx([-1.0, 1.0, 0.0], abs=1e-4)

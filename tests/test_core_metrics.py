@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from vbon.core.bon import bon_win_rate_limit
-from vbon.core.metrics import best_of_first_n, mean_and_stderr, win_rate_vs_samples
+from vbon.core.metrics import (
+    best_of_first_n,
+    break_even_requests,
+    gain_recovered,
+    interpolate_curve,
+    mean_and_stderr,
+    win_rate_vs_samples,
+)
 
 
 def test_best_of_first_n_and_ties_count_half() -> None:
@@ -24,3 +31,23 @@ def test_bon_win_rate_on_unseen_samples_is_n_over_n_plus_1(n: int) -> None:
     )
     mean, stderr = mean_and_stderr(win_rate_vs_samples(best_of_first_n(rewards, n), rewards[:, n:]))
     assert abs(mean - bon_win_rate_limit(n)) < 4 * stderr + 1e-3
+
+
+def test_gain_recovered_is_the_ratio_of_gains_with_a_paired_error() -> None:
+    g = torch.Generator().manual_seed(0)
+    bon = 0.8 + 0.1 * torch.rand(200, generator=g, dtype=torch.float64)
+    policy = 0.5 + 0.75 * (bon - 0.5)  # recovers exactly 75% on every prompt
+    ratio, se = gain_recovered(policy, bon)
+    assert ratio == pytest.approx(0.75) and se == pytest.approx(0.0, abs=1e-12)
+    noisy = policy + 0.05 * torch.randn(200, generator=g, dtype=torch.float64)
+    ratio, se = gain_recovered(noisy, bon)
+    assert abs(ratio - 0.75) < 4 * se and 0 < se < 0.05
+
+
+def test_interpolate_curve_and_break_even() -> None:
+    xs, ys = [0.0, 0.2, 0.6], [0.5, 0.7, 0.8]
+    assert interpolate_curve(0.1, xs, ys) == pytest.approx(0.6)
+    assert interpolate_curve(0.4, xs, ys) == pytest.approx(0.75)
+    assert interpolate_curve(-1.0, xs, ys) == 0.5 and interpolate_curve(9.0, xs, ys) == 0.8
+    assert break_even_requests(300.0, 1.0, 4.0) == pytest.approx(100.0)
+    assert break_even_requests(300.0, 4.0, 4.0) == float("inf")

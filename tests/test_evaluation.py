@@ -93,7 +93,7 @@ def _workflow(tmp_path: Path) -> Path:
         "model": {"name_or_path": "builtin:tiny"},
         "reward": {"kind": "callable", "function": "reward_fns:letter_e_share"},
         "data": {"max_prompts": 30, "test_fraction": 0.3},
-        "sampling": {"batch_size": 32, "max_new_tokens": 10},
+        "sampling": {"shard_size": 32, "max_new_tokens": 10},
         "evaluation": {"n_values": [1, 2, 4, 8], "samples_per_prompt": 3, "bootstrap": 100},
         "resources": {"sampling_actors": 2},
     }
@@ -127,15 +127,24 @@ def test_vbon_evaluate_end_to_end(tmp_path: Path, tiny_path: Path) -> None:
     cmd += ["--policy", f"same={tiny_path}", "--policy", f"noisy={noisy}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| same |" in proc.stdout and "| BoN N=4 |" in proc.stdout
+    shown = proc.stdout.splitlines()
+    assert any(ln.startswith("same ") for ln in shown) and any(
+        ln.startswith("BoN N=4") for ln in shown
+    )
 
-    out = tmp_path / "runs" / "ev" / "eval"
+    out = tmp_path / "runs" / "ev" / "eval-policies"
     results = json.loads((out / "results.json").read_text())
     methods = [r["method"] for r in results["rows"]]
     assert methods == ["reference", "BoN N=2", "BoN N=4", "BoN N=8", "same", "noisy"]
     rows = {r["method"]: r for r in results["rows"]}
     assert rows["same"]["kl"]["mean"] == pytest.approx(0.0, abs=1e-4)
     assert rows["noisy"]["kl"]["mean"] > 0.01 and rows["noisy"]["kl_k3"]["mean"] > 0
+    same = rows["same"]  # the reference itself recovers none of BoN's gain
+    assert abs(same["gain_recovered"]["mean"]) < 4 * same["gain_recovered"]["se"] + 0.05
+    assert abs(same["gap_to_bon_curve"]["mean"]) < 4 * same["win_rate"]["se"] + 0.05
+    cost = same["cost"]
+    assert cost["request_s_one_sample"] > 0 and cost["request_s_bon_n4"] > 0
+    assert cost["sampling_s"] > 0 and "break_even_requests" in cost
     assert rows["BoN N=8"]["win_rate"]["mean"] != rows["BoN N=8"]["win_rate"]["mean"]  # N = M
     assert rows["BoN N=4"]["reward"]["mean"] >= rows["BoN N=2"]["reward"]["mean"]
     assert results["num_prompts"] == 9 and len(results["examples"]) == 3

@@ -17,6 +17,7 @@ from ray_helpers import local_ray
 from vbon.config import parse_workflow
 from vbon.data.prompts import load_prompts
 from vbon.errors import DataError, RewardError, VbonError
+from vbon.models import load_tokenizer
 from vbon.rewards import build_scorer
 from vbon.sampling.stage import load_samples, run_sampling
 
@@ -36,7 +37,7 @@ def _cfg(actors: int = 2, prompts: int = 12, **extra):
         "m": 4,
         "model": {"name_or_path": "builtin:tiny"},
         "data": {"max_prompts": prompts},
-        "sampling": {"batch_size": 8, "max_new_tokens": 10},
+        "sampling": {"shard_size": 8, "max_new_tokens": 10},
         "evaluation": {"n_values": [1, 2]},
         "resources": {"sampling_actors": actors},
     }
@@ -63,20 +64,22 @@ def test_output_schema_and_contents(one_actor_run: Path) -> None:
         "prompt",
         "completions",
         "rewards",
-        "ref_logprobs",
-        "sample_logprobs",
+        "token_ids",
         "num_tokens",
     }
     assert sorted(ds["prompt_id"]) == list(range(12))
     manifest = json.loads((one_actor_run / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["config"]["m"] == 4
     scorer = build_scorer(_cfg().reward)
+    tok = load_tokenizer(_cfg().model)
     for row in ds:
-        assert len(row["completions"]) == len(row["rewards"]) == len(row["ref_logprobs"]) == 4
+        assert len(row["completions"]) == len(row["rewards"]) == len(row["token_ids"]) == 4
         assert row["rewards"] == pytest.approx(
             scorer.score([row["prompt"]] * 4, row["completions"])
         )
-        assert all(lp < 0 for lp in row["ref_logprobs"])
+        assert [len(ids) for ids in row["token_ids"]] == row["num_tokens"]
+        texts = [tok.decode(ids, skip_special_tokens=True) for ids in row["token_ids"]]
+        assert texts == row["completions"]  # the ids training learns from are the texts scored
         assert all(1 <= n <= 10 for n in row["num_tokens"])
     assert {row["split"] for row in ds} == {"train", "test"}
 
@@ -87,7 +90,7 @@ def test_two_actors_give_identical_samples(one_actor_run: Path, tmp_path: Path) 
 
 
 def test_killed_actor_loses_no_prompt(tmp_path: Path) -> None:
-    cfg = _cfg(actors=2, prompts=40, sampling={"batch_size": 4, "max_new_tokens": 24})
+    cfg = _cfg(actors=2, prompts=40, sampling={"shard_size": 4, "max_new_tokens": 24})
     out = tmp_path / "samples"
     result: dict = {}
     thread = threading.Thread(
@@ -108,7 +111,7 @@ def test_killed_actor_loses_no_prompt(tmp_path: Path) -> None:
     rows = _rows(result["out"])
     assert [r["prompt_id"] for r in rows] == list(range(40))
     reference = run_sampling(
-        _cfg(actors=1, prompts=40, sampling={"batch_size": 4, "max_new_tokens": 24}),
+        _cfg(actors=1, prompts=40, sampling={"shard_size": 4, "max_new_tokens": 24}),
         tmp_path / "again",
         progress=False,
     )
@@ -157,18 +160,14 @@ def test_missing_prompt_column_is_one_clear_line(tmp_path: Path) -> None:
     wf = tmp_path / "wf.yaml"
     wf.write_text(json.dumps(cfg.model_dump(mode="json")))
     proc = subprocess.run(
-        [sys.executable, "-m", "vbon.cli", "sample", str(wf), "--out", str(tmp_path / "o")],
+        [sys.executable, "-m", "vbon.cli", "sample", str(wf), "--run-dir", str(tmp_path / "o")],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == 2
-    assert (
-        proc.stderr.strip()
-        .splitlines()[-1]
-        .startswith("vbon: error: data.prompt_column = 'prompt'")
-    )
-    assert "Traceback" not in proc.stderr
+    [line] = proc.stderr.strip().splitlines()  # one line, and nothing from Ray
+    assert line.startswith("vbon: error: stage sampling failed: data.prompt_column = 'prompt'")
 
 
 def test_chat_template_renders_prompts_for_an_instruct_model() -> None:

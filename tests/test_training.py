@@ -52,7 +52,7 @@ def _raw(**training) -> dict:
         "model": {"name_or_path": "builtin:tiny"},
         "reward": {"kind": "callable", "function": "reward_fns:letter_e_share"},
         "data": {"max_prompts": 20},
-        "sampling": {"batch_size": 32, "max_new_tokens": 12},
+        "sampling": {"shard_size": 32, "max_new_tokens": 12},
         "evaluation": {"n_values": [1, 2]},
         "resources": {"sampling_actors": 2, "train_workers": 2},
         "training": {
@@ -81,12 +81,12 @@ def _mean(steps: list[dict], key: str) -> float:
 
 
 @pytest.mark.parametrize(
-    ("stage", "optimizer"), [(2, "rloo"), (3, "ppo")], ids=["zero2-rloo", "zero3-ppo"]
+    ("stage", "estimator"), [(2, "rloo"), (3, "ppo")], ids=["zero2-rloo", "zero3-ppo"]
 )
 def test_vbon_raises_the_reward_and_exports_a_loadable_model(
-    samples: Path, tmp_path: Path, tiny_path: Path, stage: int, optimizer: str
+    samples: Path, tmp_path: Path, tiny_path: Path, stage: int, estimator: str
 ) -> None:
-    out, steps = _train(samples, tmp_path / "train", zero_stage=stage, optimizer=optimizer)
+    out, steps = _train(samples, tmp_path / "train", zero_stage=stage, estimator=estimator)
     assert [s["step"] for s in steps] == list(range(1, 21))
     assert _mean(steps[-5:], "reward") > _mean(steps[:5], "reward")
     assert all(s["kl"] >= -0.5 and s["tokens_per_s"] > 0 for s in steps)
@@ -107,17 +107,45 @@ def test_vbon_raises_the_reward_and_exports_a_loadable_model(
     ]
     assert max(diffs) > 1e-4  # the fine-tuned weights moved away from the reference
 
-    again = run_training(parse_workflow(_raw(zero_stage=stage, optimizer=optimizer)), samples, out)
+    again = run_training(parse_workflow(_raw(zero_stage=stage, estimator=estimator)), samples, out)
     assert again == out and read_steps(out / "metrics.jsonl") == steps  # complete: skipped
 
 
-def test_baselines_kl_rl_and_bon_sft_run(samples: Path, tmp_path: Path) -> None:
-    _, kl_rl = _train(samples, tmp_path / "klrl", algorithm="kl_rl", beta=0.05, steps=6)
-    assert len(kl_rl) == 6 and all("kl" in s and "reward" in s for s in kl_rl)
-    _, sft = _train(
-        samples, tmp_path / "sft", algorithm="bon_sft", steps=12, zero_stage=3, trainable="lora"
+def test_kl_rl_raises_the_raw_reward(samples: Path, tmp_path: Path) -> None:
+    _, steps = _train(samples, tmp_path / "klrl", algorithm="kl_rl", beta=0.05)
+    assert _mean(steps[-5:], "reward") > _mean(steps[:5], "reward")
+    assert all(s["score"] == pytest.approx(s["reward"], abs=1e-6) for s in steps)  # raw reward
+
+
+@pytest.mark.parametrize("method", ["bon_sft", "bon_distill"])
+def test_cached_sample_methods_lower_their_nll(samples: Path, tmp_path: Path, method) -> None:
+    _, steps = _train(
+        samples, tmp_path / method, algorithm=method, steps=12, zero_stage=3, trainable="lora"
     )
-    assert _mean(sft[-3:], "loss") < _mean(sft[:3], "loss")  # NLL of the best-of-N targets falls
+    assert "score" not in steps[0]  # no rollouts: the cached reference samples only
+    assert _mean(steps[-3:], "loss") < _mean(steps[:3], "loss")
+
+
+def test_distill_warm_start_then_jeffreys_with_a_learning_curve(
+    samples: Path, tmp_path: Path
+) -> None:
+    out, steps = _train(
+        samples,
+        tmp_path / "jeffreys",
+        algorithm="jeffreys",
+        estimator="rloo",
+        distill_steps=3,
+        steps=8,
+        eval_every=4,
+        eval_prompts=4,
+    )
+    assert [s["step"] for s in steps] == list(range(9))  # step 0: the reference's held-out point
+    assert ["score" in s for s in steps[1:]] == [False] * 3 + [True] * 5  # warm start, then mix
+    curve = [s for s in steps if "heldout_win_rate" in s]
+    assert [s["step"] for s in curve] == [0, 4, 8]
+    assert all(0 <= s["heldout_win_rate"] <= 1 for s in curve)
+    assert 0.5 < curve[0]["heldout_bon_win_rate"] <= 1  # BoN-8 beats the reference
+    assert (out / "training.png").stat().st_size > 10_000
 
 
 def test_top_layers_freezes_the_rest(samples: Path, tmp_path: Path, tiny_path: Path) -> None:
@@ -186,7 +214,7 @@ def test_stopped_run_resumes_from_its_checkpoint(samples: Path, tmp_path: Path, 
 
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"trained (vbon, {steps} steps)" in rerun.stdout
+    assert f"trained (vBoN (l1), {steps} steps)" in rerun.stdout
     events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     [resume] = [e for e in events if e.get("event") == "resume"]
     assert 5 <= resume["step"] <= stopped_at and resume["step"] % 5 == 0
@@ -211,20 +239,28 @@ def test_step_prompts_cover_every_prompt_once_per_epoch() -> None:
     assert step_prompts(10, 4, 2, seed=3) == step_prompts(10, 4, 2, seed=3)
 
 
-def test_toy_world_through_the_distributed_trainer_matches_single_process(tmp_path: Path) -> None:
-    """vBoN-exact in the enumerable toy world: 2 Ray Train workers with DeepSpeed reach the same
-    KL(pi || pi_BoN) as the single-process harness."""
-    run = ToyRun("vbon_exact", n=4)
-    task = ToyTask(run)
+@pytest.mark.parametrize(
+    ("levels", "run", "bound"),
+    [
+        (None, ToyRun("vbon_exact", n=4), 0.01),
+        (13, ToyRun("vbon", n=8, m=300), 0.05),
+    ],
+    ids=["distinct-exact-cdf", "13-tied-levels-fhat-m300"],
+)
+def test_toy_world_through_the_distributed_trainer_matches_single_process(
+    tmp_path: Path, levels: int | None, run: ToyRun, bound: float
+) -> None:
+    """vBoN in the enumerable toy world: 2 Ray Train workers with DeepSpeed reach the same
+    KL(pi || pi_BoN) as the single-process harness, with distinct rewards and with heavy ties."""
+    task = ToyTask(run, levels=levels)
     task.setup(torch.device("cpu"))
     seqs = all_sequences(task.vocab, task.length)
     target = bon_probs(task.ref.probs(), task.reward(seqs), run.n)
     single = kl(train_toy(task.ref, task.reward, run).probs(), target)
 
     training = TrainingConfig(
-        algorithm="vbon",
-        vbon_reward="exact",
-        optimizer="rloo",
+        algorithm=run.method,
+        estimator="rloo",
         learning_rate=run.lr,
         lr_schedule="cosine",
         max_grad_norm=0.0,
@@ -234,9 +270,11 @@ def test_toy_world_through_the_distributed_trainer_matches_single_process(tmp_pa
         zero_stage=2,
         checkpoint_every=run.steps,
     )
-    job = TrainJob(training, 1 / (run.n - 1), lambda: ToyTask(run), str(tmp_path / "log"))
+    job = TrainJob(
+        training, 1 / (run.n - 1), lambda: ToyTask(run, levels=levels), str(tmp_path / "log")
+    )
     final = fit(job, ResourcesConfig(train_workers=2), tmp_path / "store")
     logits = torch.load(final / "model" / "logits.pt").double()
     distributed = kl(TabularPolicy(task.vocab, task.length, logits).probs(), target)
-    assert distributed <= 0.01
+    assert single <= bound and distributed <= bound
     assert abs(distributed - single) <= 0.01

@@ -34,9 +34,9 @@ def _cfg(run_dir: Path, **overrides):
         "model": {"name_or_path": "builtin:tiny"},
         "reward": {"kind": "callable", "function": "reward_fns:letter_e_share"},
         "data": {"max_prompts": 24, "test_fraction": 0.25},
-        "sampling": {"batch_size": 32, "max_new_tokens": 10},
+        "sampling": {"shard_size": 32, "max_new_tokens": 10},
         "training": {
-            "optimizer": "rloo",
+            "estimator": "rloo",
             "samples_per_prompt": 4,
             "prompts_per_step": 4,
             "steps": 4,
@@ -94,6 +94,7 @@ def test_workflow_runs_skips_and_reruns_from_the_changed_stage(tmp_path: Path) -
         _cfg(tmp_path, training={"learning_rate": 5e-4}), from_stage="evaluation", serve=False
     )
     assert _statuses(forced) == {"sampling": "skipped", "training": "skipped", "evaluation": "ran"}
+    _cli_reuses_the_run(_cfg(tmp_path, training={"learning_rate": 5e-4}), tmp_path)
 
 
 def test_a_failing_stage_is_named_and_earlier_stages_are_kept(tmp_path: Path) -> None:
@@ -130,3 +131,36 @@ def test_uri_run_dir_is_mirrored_and_pulled_back(tmp_path: Path) -> None:
     again = run_workflow(cfg, serve=False)
     assert set(_statuses(again).values()) == {"skipped"}
     assert (staging_dir(uri, "wf") / "eval" / "results.json").is_file()
+    _cli_reuses_the_run(cfg, tmp_path)
+
+
+def _cli_reuses_the_run(cfg, tmp_path: Path) -> None:
+    """`vbon evaluate`, `vbon train` and `vbon sample` after `vbon run`: each runs the workflow
+    up to its stage, finds it done, skips it and prints its result, on the same run folder."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from ray_helpers import RAY_ENV, worker_pythonpath
+
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    env = {**os.environ, **RAY_ENV, "PYTHONPATH": worker_pythonpath()}
+    for command, shown in (
+        ("evaluate", "G (gain of BoN)"),
+        ("train", "trained (vBoN (l1), 4 steps)"),
+        ("sample", "samples: "),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "vbon.cli", command, str(wf)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=180,
+        )
+        assert done.returncode == 0, done.stderr
+        stages = [ln for ln in done.stdout.splitlines() if ln.startswith("[")]
+        assert stages and all("up to date, skipped" in ln for ln in stages), done.stdout
+        assert shown in done.stdout, done.stdout
+        assert "WARNING" not in done.stdout + done.stderr  # Ray's chatter stays in its log

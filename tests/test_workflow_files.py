@@ -37,7 +37,7 @@ def test_paper_workflows_follow_the_paper() -> None:
     )
     assert imdb.reward.output == "logit" and imdb.reward.label == "POSITIVE"
     assert imdb.sampling.max_new_tokens == 40 and imdb.sampling.temperature == 1.0
-    assert imdb.sampling.top_k == 0 and imdb.training.optimizer == "ppo"
+    assert imdb.sampling.top_k == 0 and imdb.training.estimator == "ppo"
     tldr = load_workflow(ROOT / "workflows" / "tldr-pythia.yaml")
     assert tldr.model.name_or_path == "cleanrl/EleutherAI_pythia-2.8b-deduped__sft__tldr"
     assert tldr.reward.name_or_path == "cleanrl/EleutherAI_pythia-2.8b-deduped__reward__tldr"

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from vbon.config import WorkflowConfig, load_workflow, parse_workflow
 from vbon.errors import VbonError
-from vbon.manifest import read_manifest
 
 DEFAULT_WORKFLOW = Path(__file__).resolve().parent.parent / "workflows" / "quickstart.yaml"
 
@@ -26,46 +25,43 @@ def _validate(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace) -> WorkflowConfig:
     cfg = load_workflow(args.workflow or DEFAULT_WORKFLOW)
     if getattr(args, "run_dir", None):
-        cfg = cfg.model_copy(update={"run_dir": str(args.run_dir)})
+        cfg = cfg.model_copy(update={"run_dir": args.run_dir})
     return cfg
 
 
-def _sample(args: argparse.Namespace) -> int:
+def _stage(args: argparse.Namespace, target: str) -> tuple[WorkflowConfig, Path]:
+    """Run the workflow up to `target` (that stage and what it needs, reusing what is done)."""
     from vbon.ray_runtime import ray_session
-    from vbon.sampling.stage import run_sampling
+    from vbon.workflow import local_run_dir, run_workflow
 
     cfg = _load(args)
-    out = args.out or Path(cfg.run_dir) / cfg.name / "samples"
-    with ray_session(cfg.resources):
-        run_sampling(cfg, out)
-    print(f"samples: {out}")
+    with ray_session(cfg.resources, args.verbose, local_run_dir(cfg)):
+        run_workflow(cfg, serve=False, target=target)
+    return cfg, local_run_dir(cfg)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    _, run_dir = _stage(args, "sampling")
+    print(f"samples: {run_dir / 'samples'}")
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from vbon.ray_runtime import ray_session
-    from vbon.sampling.stage import run_sampling
-    from vbon.training.stage import run_training
+    from vbon.manifest import read_manifest
 
-    cfg = _load(args)
-    run_dir = Path(cfg.run_dir) / cfg.name
-    out = args.out or run_dir / "train"
-    with ray_session(cfg.resources):
-        samples = run_sampling(cfg, run_dir / "samples")
-        out = run_training(cfg, samples, out)
+    cfg, run_dir = _stage(args, "training")
+    out = run_dir / "train"
     final = read_manifest(out)["final_metrics"]
     shown = ", ".join(f"{k} {final[k]:.4g}" for k in ("reward", "kl", "loss") if k in final)
-    print(f"trained ({cfg.training.algorithm}, {cfg.training.steps} steps): {shown}")
+    print(f"trained ({cfg.method_label}, {cfg.training.steps} steps): {shown}")
     print(
         f"model: {out / 'model'}  curves: {out / 'training.png'}  tensorboard: {out / 'tensorboard'}"
     )
     return 0
 
 
-def _policies(specs: list[str], default: dict[str, Path]) -> dict[str, Path]:
-    """NAME=DIR pairs from --policy; the workflow's trained model when none is given."""
-    if not specs:
-        return default
+def _policies(specs: list[str]) -> dict[str, Path]:
+    """NAME=DIR pairs from --policy."""
     policies = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
@@ -77,32 +73,65 @@ def _policies(specs: list[str], default: dict[str, Path]) -> dict[str, Path]:
     return policies
 
 
+def _show_results(out: Path) -> None:
+    """The summary and one example from results.json."""
+    import json
+
+    from vbon.evaluation.report import summary
+
+    results = json.loads((out / "results.json").read_text())
+    print(f"\nheld-out prompts: {results['num_prompts']}\n{summary(results)}")
+    for ex in results["examples"][:1]:
+        print(f"\nexample prompt: {ex['prompt']}")
+        for name, c in ex["completions"].items():
+            print(f"  {name} ({c['reward']:+.3f}): {c['text'].strip()}")
+    print(
+        f"\nresults: {out / 'results.json'}  plots: {out / 'pareto_win_rate.png'}, "
+        f"{out / 'pareto_reward.png'}"
+    )
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    """The workflow's evaluation stage; with --policy, those model folders instead (into
+    --out, default RUN_DIR/NAME/eval-policies)."""
+    if not args.policy:
+        _, run_dir = _stage(args, "evaluation")
+        _show_results(run_dir / "eval")
+        return 0
     from vbon.evaluation.stage import run_evaluation
     from vbon.ray_runtime import ray_session
-    from vbon.sampling.stage import run_sampling
+    from vbon.workflow import local_run_dir, run_workflow
 
     cfg = _load(args)
-    run_dir = Path(cfg.run_dir) / cfg.name
-    trained = run_dir / "train" / "model"
-    default = {cfg.training.algorithm: trained} if trained.is_dir() else {}
-    policies = _policies(args.policy, default)
-    out = args.out or run_dir / "eval"
-    with ray_session(cfg.resources):
-        samples = run_sampling(cfg, run_dir / "samples")
-        out = run_evaluation(cfg, samples, policies, out)
-    print((out / "results.md").read_text().split("\n\n**Prompt:**")[0])
-    print(
-        f"\nresults: {out / 'results.json'}  plots: {out / 'pareto_win_rate.png'}, {out / 'pareto_reward.png'}"
-    )
+    policies = _policies(args.policy)
+    run_dir = local_run_dir(cfg)
+    out = args.out or run_dir / "eval-policies"
+    with ray_session(cfg.resources, args.verbose, run_dir):
+        run_workflow(cfg, serve=False, target="sampling")
+        run_evaluation(cfg, run_dir / "samples", policies, out)
+    _show_results(out)
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve_until_interrupted() -> int:
+    """Block while the endpoint serves; Ctrl-C (or SIGTERM) shuts Serve down and exits 0."""
+    import signal
     import time
 
     from ray import serve
 
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nstopping the endpoint", flush=True)
+    finally:
+        serve.shutdown()
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
     from vbon.ray_runtime import ray_session
     from vbon.serving.launch import serve_model
 
@@ -112,58 +141,41 @@ def _serve(args: argparse.Namespace) -> int:
     }
     raw = cfg.model_dump(mode="json")
     cfg = parse_workflow({**raw, "serving": {**raw["serving"], **overrides}}, "command line")
-    with ray_session(cfg.resources):
+    with ray_session(cfg.resources, args.verbose):
         info = serve_model(cfg, args.model_dir, args.name)
         mode = f"BoN N={cfg.serving.bon_n}" if cfg.serving.bon_n else "one sample per request"
         print(f"serving {info['model']} ({mode}) at {info['url']}/v1  (Ctrl-C stops)")
         print(info["example"], flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        finally:
-            serve.shutdown()
+        return _serve_until_interrupted()
 
 
 def _run(args: argparse.Namespace) -> int:
     """Every stage of the workflow in order, skipping those whose inputs are unchanged."""
     import json
-    import time
 
-    from vbon.evaluation.report import summary
     from vbon.ray_runtime import ray_session
-    from vbon.workflow import local_run_dir, method_label, run_workflow
+    from vbon.workflow import local_run_dir, run_workflow
 
     cfg = _load(args)
     run_dir = local_run_dir(cfg)
     print(
-        f"workflow {cfg.name}: N={cfg.n}, M={cfg.m}, model={cfg.model.name_or_path}, run folder {run_dir}"
+        f"workflow {cfg.name}: N={cfg.n}, M={cfg.m}, model={cfg.model.name_or_path}, "
+        f"method={cfg.method_label}, run folder {run_dir}"
     )
     serving = cfg.serving.enabled and not args.no_serve
-    with ray_session(cfg.resources):
-        record = run_workflow(cfg, args.from_stage, serve=serving)
-        results = json.loads((run_dir / "eval" / "results.json").read_text())
-        print(
-            f"\nheld-out prompts: {results['num_prompts']}\n{summary(results, method_label(cfg))}"
-        )
-        print(
-            f"Pareto plots: {run_dir / 'eval' / 'pareto_win_rate.png'}, {run_dir / 'eval' / 'pareto_reward.png'}"
-        )
+    with ray_session(cfg.resources, args.verbose, run_dir):
+        run_workflow(cfg, args.from_stage, serve=serving)
+        _show_results(run_dir / "eval")
         if not serving:
             return 0
         info = json.loads((run_dir / "serve" / "manifest.json").read_text())
         print(
-            f"\nserving the trained model at {info['url']}/v1 (Ctrl-C stops); try:\n{info['example']}"
+            f"\nserving the trained model at {info['url']}/v1 (Ctrl-C stops); try:\n{info['example']}",
+            flush=True,
         )
         if args.no_block:
             return 0
-        from ray import serve
-
-        try:
-            while True:
-                time.sleep(3600)
-        finally:
-            serve.shutdown()
-    return 0 if record else 1
+        return _serve_until_interrupted()
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -203,6 +215,14 @@ def _logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workflow_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workflow", type=Path, nargs="?", help="default: workflows/quickstart.yaml")
+    p.add_argument("--run-dir", help="override the workflow's run_dir (a folder or a URI)")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="show Ray's own logs (else in RUN_DIR/NAME)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vbon",
@@ -213,23 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workflow", type=Path)
     p.set_defaults(func=_validate)
     p = sub.add_parser("sample", help="draw and score M reference samples per prompt on Ray actors")
-    p.add_argument("workflow", type=Path)
-    p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/NAME/samples)")
+    _workflow_args(p)
     p.set_defaults(func=_sample)
-    p = sub.add_parser("train", help="fine-tune the policy (vBoN or a baseline) with Ray Train")
-    p.add_argument("workflow", type=Path, nargs="?")
-    p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/NAME/train)")
+    p = sub.add_parser("train", help="fine-tune the policy (sampling first, if not done yet)")
+    _workflow_args(p)
     p.set_defaults(func=_train)
     p = sub.add_parser("evaluate", help="reward, win rates and KL of BoN and trained policies")
-    p.add_argument("workflow", type=Path, nargs="?")
+    _workflow_args(p)
     p.add_argument(
         "--policy",
         action="append",
         default=[],
         metavar="NAME=DIR",
-        help="a model folder to evaluate (repeatable; default: the workflow's train/model)",
+        help="a model folder to evaluate instead of the workflow's trained policy (repeatable)",
     )
-    p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/NAME/eval)")
+    p.add_argument(
+        "--out", type=Path, help="with --policy: output folder (default RUN_DIR/NAME/eval-policies)"
+    )
     p.set_defaults(func=_evaluate)
     p = sub.add_parser("serve", help="an autoscaled OpenAI-compatible endpoint on Ray Serve")
     p.add_argument("model_dir", help="a model folder (e.g. RUN_DIR/NAME/train/model)")
@@ -238,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default serving.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default serving.port)")
     p.add_argument("--name", help="model name clients send (default: the workflow name)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs")
     p.set_defaults(func=_serve)
     p = sub.add_parser("submit", help="send a workflow to a Ray cluster as a Ray job")
     p.add_argument("workflow", type=Path)
@@ -256,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--follow", action="store_true")
         p.set_defaults(func=func)
     p = sub.add_parser("run", help="run a workflow's stages (default: workflows/quickstart.yaml)")
-    p.add_argument("workflow", type=Path, nargs="?")
+    _workflow_args(p)
     p.add_argument(
         "--from",
         dest="from_stage",
@@ -264,7 +285,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="rerun this stage and every later one even if up to date",
     )
     p.add_argument("--no-serve", action="store_true", help="stop after evaluation")
-    p.add_argument("--run-dir", type=Path, help="override the workflow's run_dir")
     p.add_argument(
         "--no-block", action="store_true", help="return once the endpoint is up (scripts)"
     )

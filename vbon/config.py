@@ -7,16 +7,31 @@ becomes one line naming the key path, the bad value and what is allowed, raised 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vbon.errors import ConfigError
+from vbon.methods import METHODS, get_method, method_label
+
+MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 
 
 class _Section(BaseModel):
+    """A config section; `renamed` maps old keys to the one-line hint that replaces them."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+    renamed: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, hint in cls.renamed.items():
+                if old in data:
+                    raise ValueError(f"key '{old}' was renamed: {hint}")
+        return data
 
 
 class ModelConfig(_Section):
@@ -90,24 +105,40 @@ class DataConfig(_Section):
 
 
 class SamplingConfig(_Section):
-    """Generation settings for reference samples (top_k = 0 and top_p = 1 switch those filters off)."""
+    """Generation settings, shared by reference sampling, training rollouts, evaluation and serving
+    (top_k = 0 and top_p = 1 switch those filters off). `shard_size`: sequences per sampling shard
+    (the unit of work of one actor call, written as one Parquet file)."""
+
+    renamed: ClassVar[dict[str, str]] = {"batch_size": "use sampling.shard_size"}
 
     max_new_tokens: int = Field(24, ge=1, le=8192)
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0)
     stop: list[str] = Field(default_factory=list)
-    batch_size: int = Field(16, ge=1)
+    shard_size: int = Field(16, ge=1)
     seed: int = 0
 
 
 class TrainingConfig(_Section):
-    """Policy optimisation. `vbon` uses beta = 1/(N-1); `kl_rl` uses `beta` on the raw reward."""
+    """Policy optimisation. `algorithm` names a method of `vbon.methods.METHODS`: the vBoN ones
+    use beta = 1/(N-1); `kl_rl` uses `beta` on the raw reward. `estimator` is the advantage
+    estimator of the RL term (the optimiser is AdamW). `jeffreys_lambda` weighs the forward KL
+    of `jeffreys`; `distill_steps` > 0 warm-starts an RL method with that many `bon_distill` steps
+    (they come first and count towards `steps`). Every `eval_every` steps (0: never) the policy's
+    win rate on `eval_prompts` held-out prompts is logged: the learning curve against BoN."""
 
-    algorithm: Literal["vbon", "kl_rl", "bon_sft"] = "vbon"
-    vbon_reward: Literal["l1", "exact"] = "l1"
-    optimizer: Literal["ppo", "rloo"] = "ppo"
+    renamed: ClassVar[dict[str, str]] = {
+        "optimizer": "use training.estimator (ppo or rloo)",
+        "ppo_epochs": "use training.update_epochs",
+        "vbon_reward": "use training.algorithm: vbon (the l1 reward) or vbon_exact",
+    }
+
+    algorithm: MethodName = "vbon"
+    estimator: Literal["ppo", "rloo"] = "ppo"
     beta: float | None = Field(None, gt=0.0)
+    jeffreys_lambda: float = Field(0.5, ge=0.0, le=1.0)
+    distill_steps: int = Field(0, ge=0)
     learning_rate: float = Field(1e-5, gt=0.0, lt=1.0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     max_grad_norm: float = Field(1.0, ge=0.0)
@@ -115,7 +146,7 @@ class TrainingConfig(_Section):
     steps: int = Field(100, ge=1)
     prompts_per_step: int = Field(8, ge=1)
     samples_per_prompt: int = Field(1, ge=1)
-    ppo_epochs: int = Field(1, ge=1)
+    update_epochs: int = Field(1, ge=1)
     clip_ratio: float = Field(0.2, gt=0.0)
     gamma: float = Field(1.0, ge=0.0, le=1.0)
     gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
@@ -127,16 +158,36 @@ class TrainingConfig(_Section):
     cpu_offload: bool = False
     checkpoint_every: int = Field(50, ge=1)
     max_failures: int = Field(2, ge=0)
+    eval_every: int = Field(0, ge=0)
+    eval_prompts: int = Field(16, ge=1)
     seed: int = 0
 
     @model_validator(mode="after")
-    def _algorithm_needs(self) -> TrainingConfig:
-        if self.algorithm == "kl_rl" and self.beta is None:
-            raise ValueError("algorithm 'kl_rl' needs training.beta (a KL coefficient > 0)")
-        if self.algorithm == "vbon" and self.beta is not None:
-            raise ValueError("algorithm 'vbon' fixes beta = 1/(N-1); remove training.beta")
-        if self.optimizer == "rloo" and self.samples_per_prompt < 2:
-            raise ValueError("optimizer 'rloo' needs training.samples_per_prompt >= 2")
+    def _method_needs(self) -> TrainingConfig:
+        method = get_method(self.algorithm)
+        if method.kl == "config" and self.beta is None:
+            raise ValueError(
+                f"algorithm '{self.algorithm}' needs training.beta (a KL coefficient > 0)"
+            )
+        if method.kl != "config" and self.beta is not None:
+            fixed = "fixes beta = 1/(N-1)" if method.kl == "bon" else "has no KL coefficient"
+            raise ValueError(f"algorithm '{self.algorithm}' {fixed}; remove training.beta")
+        if method.uses_rollouts and method.uses_cached and self.estimator != "rloo":
+            raise ValueError(
+                f"algorithm '{self.algorithm}' mixes in the reverse KL at its own scale, which "
+                "needs unwhitened advantages: set training.estimator: rloo"
+            )
+        if method.uses_rollouts and self.estimator == "rloo" and self.samples_per_prompt < 2:
+            raise ValueError("estimator 'rloo' needs training.samples_per_prompt >= 2")
+        if self.distill_steps and not method.uses_rollouts:
+            raise ValueError(
+                f"training.distill_steps warm-starts an RL method; '{self.algorithm}' has no RL term"
+            )
+        if self.distill_steps >= self.steps:
+            raise ValueError(
+                f"training.distill_steps ({self.distill_steps}) must be below training.steps "
+                f"({self.steps}): the warm start counts towards the steps"
+            )
         return self
 
 
@@ -232,12 +283,15 @@ class WorkflowConfig(_Section):
 
     @property
     def beta(self) -> float:
-        """The KL coefficient of the run: 1/(N-1) for vBoN, the configured one otherwise."""
-        from vbon.core.vbon_reward import beta_from_n
+        """The KL coefficient of the run's RL term: 1/(N-1) for vBoN, `training.beta` for KL-RL,
+        0 for methods without one."""
+        return get_method(self.training.algorithm).beta(self.n, self.training.beta) or 0.0
 
-        if self.training.algorithm == "vbon":
-            return beta_from_n(self.n)
-        return self.training.beta or 0.0
+    @property
+    def method_label(self) -> str:
+        """The trained policy's name in results and plots (see `vbon.methods.method_label`)."""
+        t = self.training
+        return method_label(t.algorithm, t.beta, t.jeffreys_lambda, t.distill_steps)
 
 
 _REWARD_KINDS: dict[str, type[BaseModel]] = {

@@ -1,4 +1,9 @@
-"""Stage manifests: the config that made an artifact, and its hash, beside the artifact."""
+"""Stage manifests: the config that made an artifact, and its hash, beside the artifact.
+
+Every stage writes `manifest.json` in its folder through these helpers: `claim_folder` refuses a
+folder made by another config, `begin` marks the stage running, `finish` marks it complete, and
+`is_complete` is what a rerun checks before skipping it.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from vbon.errors import VbonError
+
+MANIFEST = "manifest.json"
+MODEL_IDENTITY = "vbon_training.json"  # in an exported model: the training config that made it
 
 
 def config_hash(sections: dict[str, BaseModel | int | float | str]) -> str:
@@ -27,9 +35,17 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_manifest(folder: Path) -> dict | None:
-    path = folder / "manifest.json"
+def read_manifest(folder: Path, name: str = MANIFEST) -> dict | None:
+    path = Path(folder) / name
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_complete(folder: Path, key: str) -> bool:
+    """The folder holds the finished output of the config with this key."""
+    manifest = read_manifest(folder)
+    return (
+        manifest is not None and manifest["config_hash"] == key and manifest["status"] == "complete"
+    )
 
 
 def claim_folder(folder: Path, key: str, stage: str) -> dict | None:
@@ -40,4 +56,19 @@ def claim_folder(folder: Path, key: str, stage: str) -> dict | None:
             f"{folder} holds {stage} output of a different config "
             f"(hash {manifest['config_hash'][:12]} vs {key[:12]}); choose another output folder"
         )
+    return manifest
+
+
+def begin(folder: Path, stage: str, key: str, **info: Any) -> dict:
+    """Create the folder and mark the stage running; returns the manifest to `finish`."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    manifest = {"stage": stage, "config_hash": key, "status": "running", **info}
+    write_json_atomic(Path(folder) / MANIFEST, manifest)
+    return manifest
+
+
+def finish(folder: Path, manifest: dict, **info: Any) -> dict:
+    """Mark the stage complete, adding `info`; the last write of a stage."""
+    manifest = {**manifest, **info, "status": "complete"}
+    write_json_atomic(Path(folder) / MANIFEST, manifest)
     return manifest

@@ -29,14 +29,32 @@ def read_steps(metrics_jsonl: Path) -> list[dict]:
 
 
 def training_curves(metrics_jsonl: Path, png: Path, title: str = "") -> Path:
-    """One panel per metric against the training step."""
+    """One panel per metric against the training step; with a held-out learning curve, a last
+    panel with the policy's held-out win rate climbing towards BoN's (the dashed target)."""
     steps = read_steps(metrics_jsonl)
-    shown = [(k, label) for k, label in CURVES if steps and k in steps[0]]
-    fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.2), squeeze=False)
-    for ax, (key, label) in zip(axes[0], shown, strict=True):
-        ax.plot([s["step"] for s in steps], [s[key] for s in steps], marker=".")
+    shown = [(k, label) for k, label in CURVES if any(k in s for s in steps)]
+    heldout = [s for s in steps if "heldout_win_rate" in s]
+    panels = len(shown) + bool(heldout)
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2), squeeze=False)
+    for ax, (key, label) in zip(axes[0], shown, strict=False):
+        points = [s for s in steps if key in s]
+        ax.plot([s["step"] for s in points], [s[key] for s in points], marker=".")
         ax.set_xlabel("step")
         ax.set_title(label)
+        ax.grid(alpha=0.3)
+    if heldout:
+        ax = axes[0][-1]
+        ax.plot(
+            [s["step"] for s in heldout],
+            [s["heldout_win_rate"] for s in heldout],
+            "o-",
+            label="policy",
+        )
+        ax.axhline(heldout[-1]["heldout_bon_win_rate"], color="0.4", ls="--", label="BoN (target)")
+        ax.axhline(0.5, color="0.7", ls=":", label="reference")
+        ax.set_xlabel("step")
+        ax.set_title("held-out win rate vs reference")
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
@@ -45,13 +63,14 @@ def training_curves(metrics_jsonl: Path, png: Path, title: str = "") -> Path:
     return png
 
 
-MARKERS = {"reference": "s", "vBoN": "o", "BoN": "^", "KL": "D"}  # by method family
+MARKERS = {"vBoN": "o", "KL-RL": "D", "BoN-SFT": "v", "distill": "P"}  # by method family
 
 
 def pareto_plot(rows: list[dict], metric: str, label: str, png: Path, title: str = "") -> Path:
     """`metric` against KL to the reference: the BoN curve across N, one point per other method
     with its standard errors, and the Pareto front (highest value at each KL) drawn through."""
     from vbon.core.metrics import pareto_front
+    from vbon.methods import method_family
 
     rows = [r for r in rows if r[metric]["mean"] == r[metric]["mean"]]  # drop NaN
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
@@ -62,7 +81,7 @@ def pareto_plot(rows: list[dict], metric: str, label: str, png: Path, title: str
             [r[metric]["mean"] for r in bon],
             "-o",
             color="0.45",
-            label="BoN (N on the labels)",
+            label="BoN: the target (N on the labels)",
             zorder=2,
         )
         for r in bon:
@@ -82,12 +101,21 @@ def pareto_plot(rows: list[dict], metric: str, label: str, png: Path, title: str
             r[metric]["mean"],
             xerr=r["kl"]["se"],
             yerr=r[metric]["se"],
-            fmt=MARKERS.get(r["method"].split(" ")[0].split("-")[0], "s"),
+            fmt=MARKERS.get(method_family(r["method"]), "s"),
             color=colors[i % len(colors)],
             capsize=3,
             label=r["method"],
             zorder=3,
         )
+        g = r.get("gain_recovered", {}).get("mean", float("nan"))
+        if metric == "win_rate" and g == g:
+            ax.annotate(
+                f"G={g:.2f}",
+                (r["kl"]["mean"], r[metric]["mean"]),
+                fontsize=8,
+                xytext=(5, 5),
+                textcoords="offset points",
+            )
     kls, values = [r["kl"]["mean"] for r in rows], [r[metric]["mean"] for r in rows]
     front = sorted(
         (k, v) for k, v, on in zip(kls, values, pareto_front(kls, values), strict=True) if on

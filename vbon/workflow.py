@@ -1,8 +1,11 @@
-"""One workflow, four stages in order: reference sampling -> training -> evaluation -> serving.
+"""One workflow, a list of stages: reference sampling -> training -> evaluation -> serving.
 
-Each stage writes under RUN_DIR/NAME/ with a manifest holding the hash of the config it depends
-on. A rerun skips every stage whose hash is unchanged and whose output is complete; `from_stage`
-forces a stage and those after it. A failing stage leaves the finished ones intact and is named.
+The stage contract: a `Stage` has a name, a folder under RUN_DIR/NAME/, the stages it needs, a
+key (the hash of everything its output depends on, upstream keys included) and `run`. Each
+stage's manifest (`vbon.manifest`) holds its key; a rerun skips every stage whose key is
+unchanged and whose output is complete; `from_stage` forces a stage and those after it. A
+failing stage leaves the finished ones intact and is named. `vbon sample / train / evaluate` run
+the workflow restricted to their stage and what it needs, so they reuse what `vbon run` made.
 The outcome of each stage is written to RUN_DIR/NAME/run.json. A `run_dir` URI (s3://, file://)
 is mirrored stage by stage from a local staging folder (`vbon.run_store`).
 """
@@ -12,15 +15,27 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from vbon.config import WorkflowConfig
 from vbon.errors import VbonError
-from vbon.manifest import config_hash, read_manifest, write_json_atomic
+from vbon.manifest import config_hash, is_complete, read_manifest, write_json_atomic
 from vbon.run_store import is_uri, pull, push, staging_dir
 
-STAGES = ("sampling", "training", "evaluation", "serving")
-FOLDERS = {"sampling": "samples", "training": "train", "evaluation": "eval", "serving": "serve"}
+
+@dataclass(frozen=True)
+class Stage:
+    """`key(cfg, run_dir)` and `run(cfg, run_dir) -> info` (info lands in run.json). A stage
+    that is not `durable` (serving: a live endpoint, not files) is up to date only while its
+    endpoint runs in this Ray cluster, and is never mirrored to a URI."""
+
+    name: str
+    folder: str
+    needs: tuple[str, ...]
+    key: Callable[[WorkflowConfig, Path], str]
+    run: Callable[[WorkflowConfig, Path], dict]
+    durable: bool = True
 
 
 def local_run_dir(cfg: WorkflowConfig) -> Path:
@@ -30,50 +45,102 @@ def local_run_dir(cfg: WorkflowConfig) -> Path:
     )
 
 
-def method_label(cfg: WorkflowConfig) -> str:
-    t = cfg.training
-    if t.algorithm == "vbon":
-        return f"vBoN ({t.vbon_reward})"
-    if t.algorithm == "kl_rl":
-        return f"KL-RL beta={t.beta:g}"
-    return "BoN-SFT"
+def trained_policies(cfg: WorkflowConfig, run_dir: Path) -> dict[str, Path]:
+    """The workflow's trained policy under its method label."""
+    return {cfg.method_label: run_dir / "train" / "model"}
 
 
-def stage_hashes(cfg: WorkflowConfig, run_dir: Path) -> dict[str, str]:
-    from vbon.evaluation.stage import evaluation_hash
+def _sampling_key(cfg: WorkflowConfig, run_dir: Path) -> str:
     from vbon.sampling.stage import sampling_hash
+
+    return sampling_hash(cfg)
+
+
+def _training_key(cfg: WorkflowConfig, run_dir: Path) -> str:
     from vbon.training.stage import training_hash
 
-    train = training_hash(cfg)
-    return {
-        "sampling": sampling_hash(cfg),
-        "training": train,
-        "evaluation": evaluation_hash(
-            cfg, {method_label(cfg): run_dir / "train" / "model"}, {method_label(cfg): train}
-        ),
-        "serving": config_hash({"model": train, "serving": cfg.serving, "reward": cfg.reward}),
-    }
+    return training_hash(cfg)
 
 
-def _up_to_date(folder: Path, key: str) -> bool:
-    manifest = read_manifest(folder)
-    return (
-        manifest is not None and manifest["config_hash"] == key and manifest["status"] == "complete"
+def _evaluation_key(cfg: WorkflowConfig, run_dir: Path) -> str:
+    from vbon.evaluation.stage import evaluation_hash
+
+    train = _training_key(cfg, run_dir)
+    policies = trained_policies(cfg, run_dir)
+    return evaluation_hash(cfg, policies, dict.fromkeys(policies, train))
+
+
+def _serving_key(cfg: WorkflowConfig, run_dir: Path) -> str:
+    model = _training_key(cfg, run_dir)
+    return config_hash({"model": model, "serving": cfg.serving, "reward": cfg.reward})
+
+
+def _run_sampling(cfg: WorkflowConfig, run_dir: Path) -> dict:
+    from vbon.sampling.stage import run_sampling
+
+    run_sampling(cfg, run_dir / "samples")
+    return {}
+
+
+def _run_training(cfg: WorkflowConfig, run_dir: Path) -> dict:
+    from vbon.training.stage import run_training
+
+    run_training(cfg, run_dir / "samples", run_dir / "train")
+    return {}
+
+
+def _run_evaluation(cfg: WorkflowConfig, run_dir: Path) -> dict:
+    from vbon.evaluation.stage import run_evaluation
+
+    run_evaluation(cfg, run_dir / "samples", trained_policies(cfg, run_dir), run_dir / "eval")
+    return {}
+
+
+def _run_serving(cfg: WorkflowConfig, run_dir: Path) -> dict:
+    from vbon.serving.launch import serve_model
+
+    info = serve_model(cfg, run_dir / "train" / "model")
+    folder = run_dir / "serve"
+    folder.mkdir(parents=True, exist_ok=True)
+    key = _serving_key(cfg, run_dir)
+    write_json_atomic(
+        folder / "manifest.json",
+        {"stage": "serving", "config_hash": key, "status": "complete", **info},
     )
+    return info
 
 
-def _serving_up(folder: Path, key: str) -> bool:
-    """The endpoint this config deployed is still running in this Ray cluster."""
+STAGES: tuple[Stage, ...] = (
+    Stage("sampling", "samples", (), _sampling_key, _run_sampling),
+    Stage("training", "train", ("sampling",), _training_key, _run_training),
+    Stage("evaluation", "eval", ("sampling", "training"), _evaluation_key, _run_evaluation),
+    Stage("serving", "serve", ("training",), _serving_key, _run_serving, durable=False),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def stages_for(target: str | None, serve: bool = True) -> list[Stage]:
+    """The stages to consider: `target` and what it needs (all but serving without `serve`)."""
+    if target is None:
+        return [s for s in STAGES if serve or s.durable]
+    by_name = {s.name: s for s in STAGES}
+    wanted = {target} | set(by_name[target].needs)
+    return [s for s in STAGES if s.name in wanted]
+
+
+def _endpoint_up() -> bool:
     from ray import serve
 
     from vbon.serving.app import APP_NAME
 
-    if not _up_to_date(folder, key):
-        return False
     try:
         return APP_NAME in serve.status().applications
     except Exception:  # no Serve instance in this cluster
         return False
+
+
+def _up_to_date(stage: Stage, run_dir: Path, key: str) -> bool:
+    return is_complete(run_dir / stage.folder, key) and (stage.durable or _endpoint_up())
 
 
 def _stop_serving() -> None:
@@ -83,11 +150,8 @@ def _stop_serving() -> None:
 
     from vbon.serving.app import APP_NAME
 
-    try:
-        if APP_NAME in serve.status().applications:
-            serve.delete(APP_NAME)
-    except Exception:  # no Serve instance in this cluster
-        return
+    if _endpoint_up():
+        serve.delete(APP_NAME)
 
 
 def run_workflow(
@@ -95,104 +159,60 @@ def run_workflow(
     from_stage: str | None = None,
     serve: bool = True,
     log: Callable[[str], None] = print,
+    target: str | None = None,
 ) -> dict:
-    """Run (or skip) each stage on the Ray the caller started; returns run.json's content."""
+    """Run (or skip) each stage on the Ray the caller started; returns run.json's content.
+    `target` restricts the run to that stage and the stages it needs."""
     remote = is_uri(cfg.run_dir)
     run_dir = local_run_dir(cfg)
     if remote:
-        pull(cfg.run_dir, cfg.name, [FOLDERS[s] for s in STAGES[:-1]])
+        pull(cfg.run_dir, cfg.name, [s.folder for s in STAGES if s.durable])
         log(f"run folder {cfg.run_dir}/{cfg.name}, staged in {run_dir}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    keys = stage_hashes(cfg, run_dir)
-    forced = set(STAGES[STAGES.index(from_stage) :]) if from_stage else set()
-    stages = STAGES if serve else STAGES[:-1]
-    todo = [
-        stage
-        for stage in stages
-        if stage in forced
-        or not (_serving_up if stage == "serving" else _up_to_date)(
-            run_dir / FOLDERS[stage], keys[stage]
-        )
-    ]
-    if any(stage != "serving" for stage in todo):
+    stages = stages_for(target, serve)
+    keys = {s.name: s.key(cfg, run_dir) for s in stages}
+    forced = set(STAGE_NAMES[STAGE_NAMES.index(from_stage) :]) if from_stage else set()
+    todo = [s for s in stages if s.name in forced or not _up_to_date(s, run_dir, keys[s.name])]
+    if any(s.durable for s in todo):
         _stop_serving()
     record: dict = {"workflow": cfg.name, "stages": {}}
     for i, stage in enumerate(stages, 1):
-        folder = run_dir / FOLDERS[stage]
+        folder = run_dir / stage.folder
+        tag = f"[{i}/{len(stages)}] {stage.name}"
         if stage not in todo:
-            log(f"[{i}/{len(stages)}] {stage}: up to date, skipped ({folder})")
-            record["stages"][stage] = {"status": "skipped", "output": str(folder)}
+            log(f"{tag}: up to date, skipped ({folder})")
+            record["stages"][stage.name] = {"status": "skipped", "output": str(folder)}
             continue
         previous = read_manifest(folder)
-        stale = previous is not None and previous["config_hash"] != keys[stage]
-        if stage != "serving" and (stage in forced or stale):
+        stale = previous is not None and previous["config_hash"] != keys[stage.name]
+        if stage.durable and (stage.name in forced or stale):
             shutil.rmtree(folder, ignore_errors=True)  # derived output of an older config
         # an unchanged but unfinished stage resumes from what it left
-        log(f"[{i}/{len(stages)}] {stage}: running" + (" (config changed)" if stale else ""))
+        log(f"{tag}: running" + (" (config changed)" if stale else ""))
         start = time.perf_counter()
         try:
-            info = _RUNNERS[stage](cfg, run_dir, folder, keys[stage])
+            info = stage.run(cfg, run_dir)
         except VbonError as exc:
-            record["stages"][stage] = {"status": "failed", "error": str(exc)}
-            write_json_atomic(run_dir / "run.json", record)
-            if remote:
-                push(cfg.run_dir, cfg.name, run_dir, "run.json")
+            record["stages"][stage.name] = {"status": "failed", "error": str(exc)}
+            _save_record(cfg, run_dir, record)
             raise VbonError(
-                f"stage {stage} failed: {exc} (finished stages are kept in {run_dir})"
+                f"stage {stage.name} failed: {exc} (finished stages are kept in {run_dir})"
             ) from None
-        if remote and stage != "serving":
-            push(cfg.run_dir, cfg.name, run_dir, FOLDERS[stage])
+        if remote and stage.durable:
+            push(cfg.run_dir, cfg.name, run_dir, stage.folder)
         seconds = time.perf_counter() - start
-        record["stages"][stage] = {
+        record["stages"][stage.name] = {
             "status": "ran",
             "seconds": seconds,
             "output": str(folder),
             **info,
         }
-        log(f"[{i}/{len(stages)}] {stage}: done in {seconds:.0f} s")
-    write_json_atomic(run_dir / "run.json", record)
-    if remote:
-        push(cfg.run_dir, cfg.name, run_dir, "run.json")
+        log(f"{tag}: done in {seconds:.0f} s")
+    _save_record(cfg, run_dir, record)
     return record
 
 
-def _sampling(cfg: WorkflowConfig, run_dir: Path, folder: Path, key: str) -> dict:
-    from vbon.sampling.stage import run_sampling
-
-    run_sampling(cfg, folder)
-    return {}
-
-
-def _training(cfg: WorkflowConfig, run_dir: Path, folder: Path, key: str) -> dict:
-    from vbon.training.stage import run_training
-
-    run_training(cfg, run_dir / "samples", folder)
-    return {}
-
-
-def _evaluation(cfg: WorkflowConfig, run_dir: Path, folder: Path, key: str) -> dict:
-    from vbon.evaluation.stage import run_evaluation
-
-    policies = {method_label(cfg): run_dir / "train" / "model"}
-    run_evaluation(cfg, run_dir / "samples", policies, folder)
-    return {}
-
-
-def _serving(cfg: WorkflowConfig, run_dir: Path, folder: Path, key: str) -> dict:
-    from vbon.serving.launch import serve_model
-
-    info = serve_model(cfg, run_dir / "train" / "model")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(
-        folder / "manifest.json",
-        {"stage": "serving", "config_hash": key, "status": "complete", **info},
-    )
-    return info
-
-
-_RUNNERS = {
-    "sampling": _sampling,
-    "training": _training,
-    "evaluation": _evaluation,
-    "serving": _serving,
-}
+def _save_record(cfg: WorkflowConfig, run_dir: Path, record: dict) -> None:
+    write_json_atomic(run_dir / "run.json", record)
+    if is_uri(cfg.run_dir):
+        push(cfg.run_dir, cfg.name, run_dir, "run.json")

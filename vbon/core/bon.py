@@ -6,6 +6,7 @@ For outcomes y with reference probabilities p(y) and rewards r(y), let
 Drawing N samples from p and keeping the highest reward (the first such draw on a tie) gives
     pi_BoN(y) = p(y) * (P_le^N - P_lt^N) / (P_le - P_lt),
 which without ties (P_le = P_lt + p) is (F + p)^N - F^N, and for small p about N F^(N-1) p.
+The ratio pi_BoN / p is the mean of N u^(N-1) over the tied interval [P_lt, P_le].
 """
 
 from __future__ import annotations
@@ -51,14 +52,49 @@ def bon_probs_l1(p: torch.Tensor, cdf: torch.Tensor, n: int) -> torch.Tensor:
     return n * cdf ** (n - 1) * p
 
 
-def log_bon_prob(log_cdf: torch.Tensor, log_p: torch.Tensor, n: int) -> torch.Tensor:
-    """log pi_BoN(y) = logsumexp_{i=1..N} [log C(N,i) + (N-i) log F + i log p], for sequences
-    whose probability p is known only in log space (no ties). F = 0 is allowed (log F = -inf)."""
-    i = torch.arange(1, n + 1, dtype=log_p.dtype, device=log_p.device)
-    log_binom = torch.lgamma(torch.tensor(n + 1.0)) - torch.lgamma(i + 1) - torch.lgamma(n - i + 1)
-    f_term = (n - i) * log_cdf.unsqueeze(-1)
-    f_term = torch.where(i == n, torch.zeros_like(f_term), f_term)
-    return torch.logsumexp(log_binom + f_term + i * log_p.unsqueeze(-1), dim=-1)
+def log_bon_ratio(log_lo: torch.Tensor, log_width: torch.Tensor, n: int) -> torch.Tensor:
+    """log of pi_BoN(y) / p(y) = ((a + w)^N - a^N) / w, the mean of N u^(N-1) over [a, a + w],
+    in log space: logsumexp_{i=1..N} [log C(N,i) + (N-i) log a + (i-1) log w].
+
+    a = P_lt is the reference mass strictly below r(y) and w = P_le - P_lt the mass of y's tied
+    block (y's own mass p(y) when no other outcome shares its reward). w = 0 gives the L1 limit
+    log N + (N-1) log a; a = 0 (the lowest block) is allowed. Works for sequences whose
+    probabilities are known only in log space.
+    """
+    i = torch.arange(1, n + 1, dtype=log_lo.dtype, device=log_lo.device)
+    log_binom = math.lgamma(n + 1) - torch.lgamma(i + 1) - torch.lgamma(n - i + 1)
+    lo_term = torch.where(i == n, 0.0, (n - i) * log_lo.unsqueeze(-1))
+    width_term = torch.where(i == 1, 0.0, (i - 1) * log_width.unsqueeze(-1))
+    return torch.logsumexp(log_binom + lo_term + width_term, dim=-1)
+
+
+def _log_comb(a: torch.Tensor, k: int) -> torch.Tensor:
+    """log C(a, k) elementwise, -inf where a < k."""
+    a = a.double()
+    value = torch.lgamma(a + 1) - math.lgamma(k + 1) - torch.lgamma((a - k).clamp_min(0) + 1)
+    return torch.where(a >= k, value, -torch.inf)
+
+
+def bon_pick_probs(rewards: torch.Tensor, n: int) -> torch.Tensor:
+    """Probability that each of M samples is the Best-of-N pick when N of them are drawn without
+    replacement and ties go to the lowest draw index (the rule of `bon_probs`):
+
+        w_i = (C(n_le, N) - C(n_lt, N)) / (c_i C(M, N)),
+
+    with n_lt, n_le the samples with reward below and at-or-below r_i and c_i = n_le - n_lt the
+    size of i's tied block (which shares the block's mass equally). For i.i.d. reference samples an
+    N-subset is N i.i.d. draws, so sum_i w_i delta(y_i) is an unbiased estimate of pi_BoN.
+    rewards: [..., M]; returns [..., M], each row summing to 1.
+    """
+    m = rewards.shape[-1]
+    if not 1 <= n <= m:
+        raise ValueError(f"BoN pick weights need 1 <= N <= M, got N={n}, M={m}")
+    r = rewards.unsqueeze(-1)
+    n_lt = (rewards.unsqueeze(-2) < r).sum(-1)
+    n_le = (rewards.unsqueeze(-2) <= r).sum(-1)
+    log_total = float(_log_comb(torch.tensor(m), n))
+    block = torch.exp(_log_comb(n_le, n) - log_total) - torch.exp(_log_comb(n_lt, n) - log_total)
+    return block / (n_le - n_lt).double()
 
 
 def win_rate_vs_ref(q: torch.Tensor, p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:

@@ -128,6 +128,17 @@ def sequence_kl_penalized_reward(
     return score - beta * (KL_ESTIMATORS[estimator](logprob, ref_logprob) * mask).sum(-1)
 
 
-def sft_loss(logprob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """BoN-SFT: token-mean negative log-likelihood of the best-of-N completions."""
-    return -masked_mean(logprob, mask)
+def weighted_nll(
+    logprob: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Forward-KL / maximum-likelihood loss on given sequences, weight w_i each:
+        L = -sum_i w_i sum_t log pi(y_it) / sum_i w_i |y_i|.
+    With BoN-pick weights (`vbon.core.bon.bon_pick_probs`) this estimates KL(pi_BoN || pi) up to a
+    constant; with unit weights it is BoN-SFT's token-mean NLL. Dividing by the weighted length
+    puts it on the scale of the token-mean policy-gradient losses. weights: [B] (None: all 1)."""
+    if weights is None:
+        weights = torch.ones_like(mask[:, 0])
+    weights = weights.to(logprob.dtype)
+    return -(weights * (logprob * mask).sum(-1)).sum() / (weights * mask.sum(-1)).sum().clamp_min(
+        1e-12
+    )

@@ -53,3 +53,37 @@ def pareto_front(kl: list[float], value: list[float]) -> list[bool]:
         )
         for k, v in zip(kl, value, strict=True)
     ]
+
+
+def gain_recovered(
+    policy: torch.Tensor, bon: torch.Tensor, baseline: float = 0.5
+) -> tuple[float, float]:
+    """G = (mean(policy) - c) / (mean(bon) - c) with its standard error over prompts: the share of
+    BoN's gain over the reference (c = 0.5, the reference's win rate) that the policy recovers.
+    policy, bon: per-prompt win rates [P] on the same prompts; the error is the delta method's,
+    with the pairing kept: se = std(a_p - G b_p) / (sqrt(P) |mean(b) - c|)."""
+    a, b = policy.double(), bon.double()
+    denom = float(b.mean()) - baseline
+    g = (float(a.mean()) - baseline) / denom
+    influence = (a - g * b) / abs(denom)
+    se = float(influence.std(unbiased=True)) / len(a) ** 0.5 if len(a) > 1 else float("nan")
+    return g, se
+
+
+def interpolate_curve(x: float, xs: list[float], ys: list[float]) -> float:
+    """The piecewise-linear curve through (xs, ys) (sorted by x) at x, flat beyond its ends."""
+    if x <= xs[0]:
+        return ys[0]
+    for i in range(1, len(xs)):
+        if x <= xs[i]:
+            x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return ys[-1]
+
+
+def break_even_requests(one_time_s: float, one_sample_s: float, bon_s: float) -> float:
+    """Served requests after which a trained policy (one sample per request) has repaid its
+    one-time cost (reference sampling + training) against BoN (N samples, ranked, per request):
+    one_time_s / (bon_s - one_sample_s); infinite if BoN is not slower per request."""
+    saving = bon_s - one_sample_s
+    return one_time_s / saving if saving > 0 else float("inf")

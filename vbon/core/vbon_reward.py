@@ -1,17 +1,25 @@
-"""The vBoN rewards and the N <-> beta mapping (paper, Sec. 3-4).
+"""The vBoN rewards and the N <-> beta mapping (paper, Sec. 3-4), tie-aware.
 
-vBoN minimises KL(pi || pi_BoN). Writing it as KL-regularised RL with coefficient
-beta = 1/(N-1) against pi_ref, the optimum is pi* ~ pi_ref * exp(R / beta):
-- `exact`: R = (log pi_BoN(y) - log pi_ref(y)) / (N-1), so pi* = pi_BoN exactly;
-- `l1`:    R = log F(r(y)) (Eq. 6, the lower bound), so pi* ~ pi_ref * F^(N-1).
+vBoN minimises KL(pi || pi_BoN). Written as KL-regularised RL with coefficient beta = 1/(N-1)
+against pi_ref, the optimum is pi* ~ pi_ref * exp(R / beta) = pi_ref * exp((N-1) R). With
+a = P_lt(y) and b = P_le(y) the reference mass below and at-or-below r(y) (`vbon.core.bon`),
+pi_BoN(y) / pi_ref(y) = (b^N - a^N) / (b - a), the mean of N u^(N-1) over y's tied block, so:
+
+- `exact`: R = (log pi_BoN(y) - log pi_ref(y)) / (N-1); then pi* = pi_BoN exactly, ties included.
+- `l1`:    R = log F(r(y)) (Eq. 6, the lower bound) where r(y) is untied; on a tied block it is
+           (1/(N-1)) log mean_{u in [a, b]} u^(N-1), so pi* ~ pi_ref * (b^N - a^N) / (b - a) as BoN.
+
+Using F = P_lt alone would give a tied block the weight N a^(N-1), too little: the BoN mass of a
+block of exact zeros (common with VADER) would be under-counted and everything above it overshot.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from vbon.core.bon import log_bon_prob
-from vbon.core.cdf import log_empirical_cdf
+from vbon.core.bon import log_bon_ratio
 
 
 def beta_from_n(n: int) -> float:
@@ -28,40 +36,21 @@ def n_from_beta(beta: float) -> float:
     return 1.0 + 1.0 / beta
 
 
-def l1_reward(log_cdf: torch.Tensor) -> torch.Tensor:
-    """R_l1(y) = log F(r(y))."""
-    return log_cdf
+def l1_reward(p_lt: torch.Tensor, p_le: torch.Tensor, n: int) -> torch.Tensor:
+    """R_l1 = (log[(b^N - a^N) / (b - a)] - log N) / (N-1); log a when a = b (no tie)."""
+    log_ratio = log_bon_ratio(torch.log(p_lt), torch.log(p_le - p_lt), n)
+    return (log_ratio - math.log(n)) / (n - 1)
 
 
-def exact_reward(log_cdf: torch.Tensor, ref_logprob: torch.Tensor, n: int) -> torch.Tensor:
-    """R_exact(y) = (log pi_BoN(y) - log pi_ref(y)) / (N-1), with log pi_BoN from `log_bon_prob`.
+def exact_reward(
+    p_lt: torch.Tensor, p_le: torch.Tensor, ref_logprob: torch.Tensor, n: int
+) -> torch.Tensor:
+    """R_exact = log[((a + w)^N - a^N) / w] / (N-1) with w = max(b - a, pi_ref(y)): the tied
+    block's mass, which is at least y's own (an estimated block may have no reference sample but
+    y). Without ties this is (log[(F + p)^N - F^N] - log p) / (N-1).
 
     Divided by N-1 (not N, as the authors' code does) so that beta = 1/(N-1) puts the optimum
     exactly at pi_BoN.
     """
-    return (log_bon_prob(log_cdf, ref_logprob, n) - ref_logprob) / (n - 1)
-
-
-def policy_score(
-    algorithm: str,
-    vbon_reward: str,
-    rewards: torch.Tensor,
-    ref_rewards: torch.Tensor,
-    ref_mask: torch.Tensor,
-    ref_seq_logprob: torch.Tensor,
-    n: int,
-) -> torch.Tensor:
-    """The sequence score that the RL step maximises, per sample, [P, k].
-
-    `kl_rl` keeps the raw reward r(y). `vbon` maps it through F_hat, estimated from that prompt's
-    reference rewards [P, M] (padded, `ref_mask`): log F_hat(r) for `l1`, and for `exact`
-    (log pi_BoN(y) - log pi_ref(y)) / (N-1) with the sequence log-probability [P, k] under pi_ref.
-    """
-    if algorithm == "kl_rl":
-        return rewards
-    if algorithm != "vbon":
-        raise ValueError(f"no RL score for algorithm {algorithm!r}")
-    log_cdf = log_empirical_cdf(rewards, ref_rewards, ref_mask)
-    if vbon_reward == "l1":
-        return l1_reward(log_cdf)
-    return exact_reward(log_cdf, ref_seq_logprob, n)
+    log_width = torch.maximum(torch.log(p_le - p_lt), ref_logprob)
+    return log_bon_ratio(torch.log(p_lt), log_width, n) / (n - 1)

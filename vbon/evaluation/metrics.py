@@ -8,12 +8,16 @@ standard error and bootstrap interval are over prompts.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from vbon.core.bon import bon_kl_bound
 from vbon.core.metrics import (
     best_of_first_n,
     bootstrap_interval,
+    gain_recovered,
+    interpolate_curve,
     mean_and_stderr,
     win_rate_vs_reward,
     win_rate_vs_samples,
@@ -52,7 +56,44 @@ def policy_row(
         "kl_k3": k3,
     }
     row = {k: estimate(v.double().mean(-1), resamples) for k, v in per_sample.items()}
+    row["per_prompt_win_rate"] = per_sample["win_rate"].double().mean(-1).tolist()
     return {"method": name, "kind": "policy", **row, "kl_method": "k1 Monte Carlo"}
+
+
+def closeness_to_bon(row: dict, bon_rows: list[dict], bon_n: int) -> dict:
+    """How close a policy row is to Best-of-N:
+    - `gain_recovered` G = (WR - 0.5) / (WR_BoN(N) - 0.5) at the workflow's N, paired over prompts;
+    - `gap_to_bon_curve`: BoN's win rate at the policy's KL (linear between the reference at KL 0
+      and the measured BoN points) minus the policy's; its error is the policy's alone.
+    Win rates are against all M reference samples (BoN: against the ones it did not see)."""
+    curve = sorted(
+        [(0.0, 0.5)]
+        + [
+            (r["kl"]["mean"], r["win_rate"]["mean"])
+            for r in bon_rows
+            if not math.isnan(r["win_rate"]["mean"])
+        ]
+    )
+    target = next((r for r in bon_rows if r["n"] == bon_n), None)
+    out = {"gain_recovered": _nan(), "gap_to_bon_curve": _nan()}
+    if target is not None and not math.isnan(target["win_rate"]["mean"]):
+        g, se = gain_recovered(
+            torch.tensor(row["per_prompt_win_rate"]), torch.tensor(target["per_prompt_win_rate"])
+        )
+        out["gain_recovered"] = {"mean": g, "se": se, "ci": [float("nan")] * 2}
+    if len(curve) > 1:
+        bon_at_kl = interpolate_curve(row["kl"]["mean"], *map(list, zip(*curve, strict=True)))
+        gap = bon_at_kl - row["win_rate"]["mean"]
+        out["gap_to_bon_curve"] = {
+            "mean": gap,
+            "se": row["win_rate"]["se"],
+            "ci": [float("nan")] * 2,
+        }
+    return out
+
+
+def _nan() -> dict:
+    return {"mean": float("nan"), "se": float("nan"), "ci": [float("nan")] * 2}
 
 
 def reference_row(ref_rewards: torch.Tensor, bon_n: int, resamples: int) -> dict:
@@ -85,7 +126,7 @@ def bon_row(n: int, ref_rewards: torch.Tensor, resamples: int) -> dict:
     KL is the closed form log n - (n-1)/n: exact for distinct rewards, an upper bound with ties."""
     best = best_of_first_n(ref_rewards, n)
     unseen = ref_rewards[:, n:]
-    nan = {"mean": float("nan"), "se": float("nan"), "ci": [float("nan")] * 2}
+    nan = _nan()
     row = {
         "reward": estimate(best, resamples),
         "win_rate_first": estimate(win_rate_vs_reward(best, unseen[:, 0]), resamples)
@@ -98,10 +139,12 @@ def bon_row(n: int, ref_rewards: torch.Tensor, resamples: int) -> dict:
         "kl": exact(bon_kl_bound(n)),
         "kl_k3": exact(bon_kl_bound(n)),
     }
+    per_prompt = win_rate_vs_samples(best, unseen).tolist() if unseen.shape[1] else []
     return {
         "method": f"BoN N={n}",
         "kind": "bon",
         "n": n,
+        "per_prompt_win_rate": per_prompt,
         **row,
         "kl_method": "closed form log N - (N-1)/N",
     }

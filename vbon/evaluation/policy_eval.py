@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
 import transformers
 
@@ -31,11 +34,31 @@ class PolicyEvaluator:
         self.reference = load_causal_lm(cfg.model, device)
         self.scorer = build_scorer(cfg.reward)
 
-    def ready(self) -> bool:
-        return True
+    def run(
+        self, prompts: list[tuple[int, str]], k: int, time_bon_n: int = 0
+    ) -> tuple[list[dict], dict | None]:
+        """One row per (prompt_id, text): k completions, rewards, kl_k1, kl_k3, num_tokens; and
+        with `time_bon_n`, the seconds per served request (`request_seconds`)."""
+        rows = self._rows(prompts, k)
+        return rows, self.request_seconds(prompts, time_bon_n) if time_bon_n else None
 
-    def run(self, prompts: list[tuple[int, str]], k: int) -> list[dict]:
-        """One row per (prompt_id, text): k completions, rewards, kl_k1, kl_k3, num_tokens."""
+    def request_seconds(self, prompts: list[tuple[int, str]], n: int, count: int = 4) -> dict:
+        """Median seconds of one request as served, over the first `count` prompts: one sample
+        ("one"), and BoN ("bon"): N samples in one batch, scored, the best kept."""
+        chat, s = self.cfg.data.chat_template, self.cfg.sampling
+        one, bon = [], []
+        for pid, text in prompts[:count]:
+            rendered = [render_prompt(self.tok, text, chat)]
+            start = time.perf_counter()
+            generate(self.policy, self.tok, rendered, [[pid]], s, not chat)
+            one.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            out = generate(self.reference, self.tok, rendered, [list(range(n))], s, not chat)
+            max(self.scorer.score([text] * n, out.texts))
+            bon.append(time.perf_counter() - start)
+        return {"one": statistics.median(one), "bon": statistics.median(bon)}
+
+    def _rows(self, prompts: list[tuple[int, str]], k: int) -> list[dict]:
         cfg, chat = self.cfg, self.cfg.data.chat_template
         seed = cfg.sampling.seed + EVAL_SEED_OFFSET
         rendered = [render_prompt(self.tok, text, chat) for _, text in prompts]

@@ -1,4 +1,5 @@
-"""The evaluation results as Markdown: one row per method, every number with its interval."""
+"""The evaluation results as Markdown and as a console summary: one row per method, every number
+with its interval, how close each trained policy comes to BoN, and what it cost."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ COLUMNS = [
     ("win_rate_vs_bon", "win rate vs BoN"),
     ("kl", "KL k1"),
     ("kl_k3", "KL k3"),
+    ("gain_recovered", "gain recovered G"),
+    ("gap_to_bon_curve", "gap to BoN curve"),
 ]
 
 
@@ -27,14 +30,30 @@ def mark_pareto(rows: list[dict]) -> None:
             r[f"pareto_{metric}"] = on
 
 
-def _cell(m: dict) -> str:
-    if math.isnan(m["mean"]):
+def _cell(m: dict | None, interval: bool = True) -> str:
+    if m is None or math.isnan(m["mean"]):
         return "—"
     if m["se"] == 0:
         return f"{m['mean']:.3f}"
     lo, hi = m["ci"]
-    ci = "" if math.isnan(lo) else f" [{lo:.3f}, {hi:.3f}]"
+    ci = "" if math.isnan(lo) or not interval else f" [{lo:.3f}, {hi:.3f}]"
     return f"{m['mean']:.3f} ± {m['se']:.3f}{ci}"
+
+
+def cost_lines(results: dict) -> list[str]:
+    """One line per trained policy: one-time seconds, seconds per request, break-even."""
+    lines = []
+    for r in results["rows"]:
+        c = r.get("cost")
+        if c:
+            n = c["bon_n"]
+            lines.append(
+                f"- {r['method']}: reference sampling {c['sampling_s']:.0f} s + training "
+                f"{c['training_s']:.0f} s; a served request takes {c['request_s_one_sample']:.2f} s "
+                f"with one sample and {c[f'request_s_bon_n{n}']:.2f} s as BoN N={n}; break-even "
+                f"after {c['break_even_requests']:,.0f} requests"
+            )
+    return lines
 
 
 def markdown_table(results: dict) -> str:
@@ -44,7 +63,9 @@ def markdown_table(results: dict) -> str:
         "",
         f"{results['num_prompts']} held-out prompts; N = {results['n']}, M = {results['m']}; "
         f"{results['samples_per_prompt']} samples per prompt for each trained policy. "
-        "Cells: mean ± standard error [95% bootstrap interval over prompts]; ties count half.",
+        "Cells: mean ± standard error [95% bootstrap interval over prompts]; ties count half. "
+        f"G = (WR - 0.5) / (WR_BoN(N={results['n']}) - 0.5); the gap is BoN's win rate at the "
+        "policy's KL (along the measured BoN points) minus the policy's.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -52,7 +73,7 @@ def markdown_table(results: dict) -> str:
     for r in results["rows"]:
         cells = [
             r["method"],
-            *[_cell(r[k]) for k, _ in COLUMNS],
+            *[_cell(r.get(k)) for k, _ in COLUMNS],
             "yes" if r.get("pareto_win_rate") else "",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -61,6 +82,8 @@ def markdown_table(results: dict) -> str:
         "KL: " + "; ".join(sorted({f"{r['kind']}: {r['kl_method']}" for r in results["rows"]})),
         "",
     ]
+    if cost_lines(results):
+        lines += ["## Cost", "", *cost_lines(results), ""]
     for ex in results["examples"]:
         lines += [f"**Prompt:** {ex['prompt']}", ""]
         for name, c in ex["completions"].items():
@@ -70,17 +93,23 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def summary(results: dict, policy: str) -> str:
-    """Before (the reference), after (the trained policy) and BoN at the workflow's N."""
-    rows = {r["method"]: r for r in results["rows"]}
-    picks = [("reference", "before training"), (policy, "after training")]
-    picks.append((f"BoN N={results['n']}", f"{results['n']} samples per answer"))
-    lines = [f"{'':<28} {'mean reward':<18} {'win rate vs ref':<18} KL to ref"]
-    for name, note in picks:
-        if name in rows:
-            r = rows[name]
-            lines.append(
-                f"{name + ' (' + note + ')':<28} {_cell(r['reward']).split(' [')[0]:<18} "
-                f"{_cell(r['win_rate']).split(' [')[0]:<18} {r['kl']['mean']:.3f}"
-            )
-    return "\n".join(lines)
+def summary(results: dict) -> str:
+    """The console table: the reference (before), each trained policy (after) with how close it
+    comes to BoN, and BoN at the workflow's N; then the cost lines."""
+    n = results["n"]
+    rows = results["rows"]
+    picks = [r for r in rows if r["kind"] == "reference"]
+    picks += [r for r in rows if r["kind"] == "policy"]
+    picks += [r for r in rows if r["kind"] == "bon" and r["n"] == n]
+    width = max(len(r["method"]) for r in picks) + 2
+    lines = [
+        f"{'':<{width}}{'mean reward':<18}{'win rate vs ref':<18}{'KL to ref':<11}"
+        f"{'G (gain of BoN)':<18}gap to BoN curve"
+    ]
+    for r in picks:
+        lines.append(
+            f"{r['method']:<{width}}{_cell(r['reward'], False):<18}"
+            f"{_cell(r['win_rate'], False):<18}{r['kl']['mean']:<11.3f}"
+            f"{_cell(r.get('gain_recovered'), False):<18}{_cell(r.get('gap_to_bon_curve'), False)}"
+        )
+    return "\n".join([*lines, *cost_lines(results)])

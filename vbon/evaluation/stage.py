@@ -1,5 +1,8 @@
-"""The evaluation stage driver: one Ray actor per trained policy samples the held-out prompts;
-the reference and BoN at every N come from the cached samples without new generation.
+"""The evaluation stage driver: the trained policies sample the held-out prompts on the actor pool
+(`vbon.actor_pool`, one group per policy); the reference and BoN at every N come from the cached
+samples without new generation. Each policy is also measured against BoN: the share of BoN's
+gain it recovers, its gap to the BoN curve, and what it cost (sampling and training seconds
+against the seconds per served request with 1 and N samples: the break-even).
 
 Output folder:
     manifest.json         config hash (samples, evaluation settings, each policy's identity)
@@ -19,13 +22,22 @@ import ray
 import torch
 from tqdm import tqdm
 
+from vbon.actor_pool import ActorPool
 from vbon.config import WorkflowConfig
-from vbon.core.metrics import best_of_first_n
+from vbon.core.metrics import best_of_first_n, break_even_requests
 from vbon.errors import DataError, VbonError
-from vbon.evaluation.metrics import bon_row, policy_row, reference_row
+from vbon.evaluation.metrics import bon_row, closeness_to_bon, policy_row, reference_row
 from vbon.evaluation.policy_eval import PolicyEvaluator
 from vbon.evaluation.report import mark_pareto, markdown_table
-from vbon.manifest import claim_folder, config_hash, read_manifest, write_json_atomic
+from vbon.manifest import (
+    MODEL_IDENTITY,
+    begin,
+    claim_folder,
+    config_hash,
+    finish,
+    read_manifest,
+    write_json_atomic,
+)
 from vbon.plots import pareto_plot
 from vbon.sampling.stage import read_samples, sampling_hash
 
@@ -33,10 +45,10 @@ _Evaluator = ray.remote(PolicyEvaluator)
 
 
 def _policy_identity(path: Path) -> str:
-    """The training manifest's hash when the policy came from `vbon train`, else file stamps."""
-    manifest = read_manifest(path.parent)
-    if manifest is not None and path.name == "model":
-        return manifest["config_hash"]
+    """The training config's hash when the policy came from `vbon train`, else file stamps."""
+    made_by = read_manifest(path, MODEL_IDENTITY)
+    if made_by is not None:
+        return made_by["training_hash"]
     stamps = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.glob("*"))
     return hashlib.sha256(json.dumps([str(path), stamps]).encode()).hexdigest()
 
@@ -69,47 +81,57 @@ def _test_rows(cfg: WorkflowConfig, samples: Path) -> list[dict]:
 
 def _sample_policies(
     cfg: WorkflowConfig, policies: dict[str, Path], prompts: list[tuple[int, str]], progress: bool
-) -> dict[str, list[dict]]:
-    """Every policy's rows, its chunks of prompts queued on its own actor; actors beyond the
-    cluster's capacity start as earlier ones finish."""
+) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """Every policy's rows, from chunks of prompts on the actor pool (one group per policy), and
+    per policy the measured seconds of one served request with 1 and with N samples."""
     res, e = cfg.resources, cfg.evaluation
     chunk = max(1, e.batch_size // e.samples_per_prompt)
     opts = {"num_cpus": res.cpus_per_actor, "num_gpus": res.gpus_per_actor}
-    actors = {n: _Evaluator.options(**opts).remote(cfg, str(p)) for n, p in policies.items()}
-    pending = {
-        actors[name].run.remote(prompts[i : i + chunk], e.samples_per_prompt): name
+    pool = ActorPool(
+        lambda group, name: _Evaluator.options(name=name, **opts).remote(cfg, str(policies[group])),
+        res.sampling_actors,
+        "evaluator",
+    )
+    tasks = [
+        (name, (prompts[i : i + chunk], e.samples_per_prompt, cfg.n if i == 0 else 0))
         for name in policies
         for i in range(0, len(prompts), chunk)
-    }
-    left = {name: sum(1 for n in pending.values() if n == name) for name in policies}
+    ]
     results: dict[str, list[dict]] = {name: [] for name in policies}
+    timing: dict[str, dict] = {}
     bar = tqdm(
         total=len(prompts) * len(policies), unit="prompt", desc="evaluating", disable=not progress
     )
+
+    def on_done(i: int, out: tuple[list[dict], dict | None]) -> None:
+        name, (rows, seconds) = tasks[i][0], out
+        results[name] += rows
+        if seconds:
+            timing[name] = seconds
+        bar.update(len(rows))
+
     try:
-        while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
-            name = pending.pop(ref)
-            try:
-                rows = ray.get(ref)
-            except ray.exceptions.RayError as exc:
-                cause = getattr(exc, "cause", None)
-                reason = (
-                    str(cause)
-                    if isinstance(cause, VbonError)
-                    else str(exc).strip().splitlines()[-1]
-                )
-                raise VbonError(f"evaluating {name!r}: {reason}") from None
-            results[name] += rows
-            bar.update(len(rows))
-            left[name] -= 1
-            if not left[name]:  # free its CPUs for the policies still waiting for an actor
-                ray.kill(actors[name])
+        pool.run(tasks, on_done, lambda i: f"evaluating {tasks[i][0]!r}")
     finally:
         bar.close()
-        for actor in actors.values():
-            ray.kill(actor)
-    return {name: sorted(rows, key=lambda r: r["prompt_id"]) for name, rows in results.items()}
+    rows = {name: sorted(r, key=lambda r: r["prompt_id"]) for name, r in results.items()}
+    return rows, timing
+
+
+def _cost(samples: Path, policy: Path, seconds: dict, n: int) -> dict:
+    """What it took to make the policy (reference sampling and training seconds, from their
+    manifests) against what BoN costs per served request, and the break-even point."""
+    sampled = (read_manifest(samples) or {}).get("timing", {})
+    trained = read_manifest(Path(policy).parent) or {}
+    one_time = sampled.get("sampling_s", float("nan")) + trained.get("wall_s", float("nan"))
+    return {
+        "sampling_s": sampled.get("sampling_s", float("nan")),
+        "training_s": trained.get("wall_s", float("nan")),
+        "request_s_one_sample": seconds["one"],
+        f"request_s_bon_n{n}": seconds["bon"],
+        "bon_n": n,
+        "break_even_requests": break_even_requests(one_time, seconds["one"], seconds["bon"]),
+    }
 
 
 def _examples(cfg: WorkflowConfig, test: list[dict], sampled: dict[str, list[dict]]) -> list[dict]:
@@ -144,11 +166,11 @@ def run_evaluation(
     manifest = claim_folder(out, key, "evaluation")
     if manifest and manifest.get("status") == "complete":
         return out
-    out.mkdir(parents=True, exist_ok=True)
+    manifest = begin(out, "evaluation", key)
     test = _test_rows(cfg, samples)
     ref_rewards = torch.tensor([r["rewards"] for r in test], dtype=torch.float64)
     prompts = [(r["prompt_id"], r["prompt"]) for r in test]
-    sampled = _sample_policies(cfg, policies, prompts, progress) if policies else {}
+    sampled, timing = _sample_policies(cfg, policies, prompts, progress) if policies else ({}, {})
 
     b = cfg.evaluation.bootstrap
     rows = [reference_row(ref_rewards, cfg.n, b)]
@@ -159,7 +181,11 @@ def run_evaluation(
             k: torch.tensor([r[k] for r in prow], dtype=torch.float64)
             for k in ("rewards", "kl_k1", "kl_k3")
         }
-        rows.append(policy_row(name, t["rewards"], t["kl_k1"], t["kl_k3"], ref_rewards, bon, b))
+        row = policy_row(name, t["rewards"], t["kl_k1"], t["kl_k3"], ref_rewards, bon, b)
+        row |= closeness_to_bon(row, [r for r in rows if r["kind"] == "bon"], cfg.n)
+        if name in timing:
+            row["cost"] = _cost(samples, policies[name], timing[name], cfg.n)
+        rows.append(row)
 
     mark_pareto(rows)
     results = {
@@ -178,13 +204,5 @@ def run_evaluation(
         rows, "win_rate", "win rate against the reference", out / "pareto_win_rate.png", title
     )
     pareto_plot(rows, "reward", "mean reward", out / "pareto_reward.png", title)
-    write_json_atomic(
-        out / "manifest.json",
-        {
-            "stage": "evaluation",
-            "config_hash": key,
-            "status": "complete",
-            "policies": {k: str(v) for k, v in policies.items()},
-        },
-    )
+    finish(out, manifest, policies={k: str(v) for k, v in policies.items()})
     return out

@@ -31,7 +31,7 @@ class Sampler:
         return os.getpid()
 
     def run(self, prompts: list[Prompt]) -> list[dict]:
-        """One row per prompt: its M completions, rewards, log-probabilities and token counts."""
+        """One row per prompt: its M completions (text and token ids), rewards and token counts."""
         m, seed = self.cfg.m, self.cfg.sampling.seed
         seeds = [[row_seed(seed, p.prompt_id, j) for j in range(m)] for p in prompts]
         out = generate(
@@ -53,8 +53,7 @@ class Sampler:
                     "prompt": p.text,
                     "completions": out.texts[block],
                     "rewards": rewards[block],
-                    "ref_logprobs": out.ref_logprob[block],
-                    "sample_logprobs": out.sample_logprob[block],
+                    "token_ids": out.token_ids[block],
                     "num_tokens": out.num_tokens[block],
                 }
             )

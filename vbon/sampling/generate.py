@@ -1,9 +1,10 @@
 """Batched sampling with per-row seeds, recording each token's log-probability.
 
 `generate` draws every sequence with its own `torch.Generator` through the Gumbel-max trick
-(argmax(log q + G) ~ q): a row's sample depends on its seed alone, not on which other prompts
-share its batch, nor on how many actors ran. The same processor records log pi_ref(y_t) (the raw
-model at temperature 1) and log q(y_t) (the temperature/top-k/top-p distribution actually sampled).
+(argmax(log q + G) ~ q, q the temperature/top-k/top-p distribution of `warp_logits`): a row's
+sample depends on its seed alone, not on which other prompts share its batch, nor on how many
+actors ran. It is the one sampler of vbon: reference sampling, training rollouts, evaluation and
+serving all draw through it.
 """
 
 from __future__ import annotations
@@ -51,8 +52,6 @@ class SeededSampler(LogitsProcessor):
     def __init__(self, seeds: list[int], cfg: SamplingConfig) -> None:
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
         self.cfg = cfg
-        self.ref_logprobs: list[torch.Tensor] = []
-        self.sample_logprobs: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         raw = scores.float()
@@ -60,8 +59,6 @@ class SeededSampler(LogitsProcessor):
         u = torch.stack([torch.rand(raw.shape[-1], generator=g) for g in self.generators])
         gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
         choice = (log_q.cpu() + gumbel).argmax(-1, keepdim=True).to(raw.device)
-        self.ref_logprobs.append(torch.log_softmax(raw, -1).gather(-1, choice).squeeze(-1).cpu())
-        self.sample_logprobs.append(log_q.gather(-1, choice).squeeze(-1).cpu())
         forced = torch.full_like(scores, -torch.inf)
         return forced.scatter(-1, choice, 0.0)
 
@@ -71,8 +68,6 @@ class Completions:
     """Flat over rows (prompt-major: all M samples of a prompt are adjacent)."""
 
     texts: list[str]
-    ref_logprob: list[float]
-    sample_logprob: list[float]
     num_tokens: list[int]
     token_ids: list[list[int]]
 
@@ -94,9 +89,11 @@ def generate(
     seeds: list[list[int]],
     cfg: SamplingConfig,
     add_special_tokens: bool = True,
+    synced_gpus: bool = False,
 ) -> Completions:
     """len(seeds[i]) samples of prompts[i], in one batched `generate` call. Prompts already
-    rendered by a chat template carry their special tokens: pass add_special_tokens=False."""
+    rendered by a chat template carry their special tokens: pass add_special_tokens=False.
+    `synced_gpus`: every rank of a ZeRO-3 group generates together (see the training loop)."""
     rows = [p for p, s in zip(prompts, seeds, strict=True) for _ in s]
     flat_seeds = [x for s in seeds for x in s]
     enc = tok(rows, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens).to(
@@ -116,15 +113,13 @@ def generate(
         generation_config=gen_cfg,
         logits_processor=LogitsProcessorList([sampler]),
         tokenizer=tok if cfg.stop else None,
+        synced_gpus=synced_gpus,
     )
     tokens = out[:, enc.input_ids.shape[1] :].cpu()
     lengths = completion_lengths(tokens, tok.eos_token_id, tok.pad_token_id)
-    mask = torch.arange(tokens.shape[1]) < lengths[:, None]
-    ref_lp = (torch.stack(sampler.ref_logprobs, 1)[:, : tokens.shape[1]] * mask).sum(-1)
-    smp_lp = (torch.stack(sampler.sample_logprobs, 1)[:, : tokens.shape[1]] * mask).sum(-1)
     texts = [
         tok.decode(row[:n], skip_special_tokens=True)
         for row, n in zip(tokens, lengths, strict=True)
     ]
     ids = [row[:n].tolist() for row, n in zip(tokens, lengths, strict=True)]
-    return Completions(texts, ref_lp.tolist(), smp_lp.tolist(), lengths.tolist(), ids)
+    return Completions(texts, lengths.tolist(), ids)

@@ -1,5 +1,5 @@
-"""The sampling stage driver: shards prompts over a pool of Ray actors, writes Parquet as shards
-finish, survives dead actors and resumes interrupted runs.
+"""The sampling stage driver: shards prompts over a pool of Ray actors (`vbon.actor_pool`), writes
+Parquet as shards finish, survives dead actors and resumes interrupted runs.
 
 Output folder:
     manifest.json             config, its hash, shard count, status
@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
-from collections import deque
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-from ray.exceptions import RayActorError, RayTaskError
 from tqdm import tqdm
 
+from vbon.actor_pool import ActorPool
 from vbon.config import WorkflowConfig
 from vbon.data.prompts import Prompt, load_prompts
-from vbon.errors import VbonError
-from vbon.manifest import claim_folder, config_hash, write_json_atomic
+from vbon.manifest import begin, claim_folder, config_hash, finish, is_complete
 from vbon.models import load_tokenizer
 from vbon.rewards import build_scorer
 from vbon.sampling.actor import Sampler
@@ -35,12 +32,10 @@ SCHEMA = pa.schema(
         ("prompt", pa.string()),
         ("completions", pa.list_(pa.string())),
         ("rewards", pa.list_(pa.float64())),
-        ("ref_logprobs", pa.list_(pa.float64())),
-        ("sample_logprobs", pa.list_(pa.float64())),
+        ("token_ids", pa.list_(pa.list_(pa.int32()))),
         ("num_tokens", pa.list_(pa.int32())),
     ]
 )
-MAX_SHARD_ATTEMPTS = 3
 _SamplerActor = ray.remote(Sampler)
 
 
@@ -58,8 +53,8 @@ def sampling_hash(cfg: WorkflowConfig) -> str:
 
 
 def plan_shards(prompts: list[Prompt], cfg: WorkflowConfig) -> list[list[Prompt]]:
-    """Fixed consecutive chunks of about `sampling.batch_size` sequences (M per prompt)."""
-    per_shard = max(1, cfg.sampling.batch_size // cfg.m)
+    """Fixed consecutive chunks of about `sampling.shard_size` sequences (M per prompt)."""
+    per_shard = max(1, cfg.sampling.shard_size // cfg.m)
     return [prompts[i : i + per_shard] for i in range(0, len(prompts), per_shard)]
 
 
@@ -74,29 +69,6 @@ def _write_part(out: Path, shard: int, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-class _Pool:
-    """Named sampling actors; a dead one is replaced by a fresh one."""
-
-    def __init__(self, cfg: WorkflowConfig, size: int) -> None:
-        res = cfg.resources
-        self._options = {"num_cpus": res.cpus_per_actor, "num_gpus": res.gpus_per_actor}
-        self._cfg, self._tag, self._count = cfg, uuid.uuid4().hex[:8], 0
-        self.idle = deque(self._new() for _ in range(size))
-        try:
-            ray.get([a.pid.remote() for a in self.idle])  # every actor has loaded its model
-        except RayActorError as exc:
-            last = str(exc).strip().splitlines()[-1]
-            raise VbonError(f"a sampling actor failed to start: {last}") from None
-
-    def _new(self):
-        self._count += 1
-        name = f"vbon-sampler-{self._tag}-{self._count}"
-        return _SamplerActor.options(name=name, **self._options).remote(self._cfg)
-
-    def replace(self) -> None:
-        self.idle.append(self._new())
-
-
 def _preflight(cfg: WorkflowConfig) -> None:
     """Fail fast in the driver, with one line, on a model or reward that cannot load; this also
     builds a `builtin:` model once instead of in every actor."""
@@ -104,55 +76,26 @@ def _preflight(cfg: WorkflowConfig) -> None:
     build_scorer(cfg.reward)
 
 
-def _run_shards(pool: _Pool, shards: list[list[Prompt]], todo: deque[int], on_done) -> None:
-    """Keep every actor busy until all shards in `todo` are done; redo a dead actor's shard."""
-    attempts: dict[int, int] = {}
-    running: dict[ray.ObjectRef, tuple[object, int]] = {}
-    while todo or running:
-        while todo and pool.idle:
-            shard, actor = todo.popleft(), pool.idle.popleft()
-            running[actor.run.remote(shards[shard])] = (actor, shard)
-        [ref], _ = ray.wait(list(running), num_returns=1)
-        actor, shard = running.pop(ref)
-        try:
-            rows = ray.get(ref)
-        except RayTaskError as exc:
-            if isinstance(exc.cause, VbonError):
-                raise type(exc.cause)(f"sampling shard {shard}: {exc.cause}") from None
-            raise
-        except RayActorError:
-            attempts[shard] = attempts.get(shard, 0) + 1
-            if attempts[shard] >= MAX_SHARD_ATTEMPTS:
-                raise VbonError(
-                    f"sampling shard {shard} lost its actor {attempts[shard]} times; "
-                    "check the actors' memory (resources.cpus_per_actor) and the Ray logs"
-                ) from None
-            todo.appendleft(shard)
-            pool.replace()
-            continue
-        on_done(shard, rows)
-        pool.idle.append(actor)
-
-
 def run_sampling(cfg: WorkflowConfig, out: Path, progress: bool = True) -> Path:
     """Sample M completions for every prompt into `out`, keeping any finished shards."""
     out = Path(out)
     key = sampling_hash(cfg)
-    claim_folder(out, key, "sampling")
+    done = claim_folder(out, key, "sampling")
+    if is_complete(out, key) and all(_part(out, i).is_file() for i in range(done["num_shards"])):
+        return out  # nothing to do; keeps the first run's timing
     prompts = load_prompts(cfg.data)
     shards = plan_shards(prompts, cfg)
-    manifest = {
-        "stage": "sampling",
-        "config_hash": key,
-        "config": cfg.model_dump(mode="json"),
-        "num_prompts": len(prompts),
-        "num_shards": len(shards),
-        "m": cfg.m,
-        "status": "running",
-    }
+    manifest = begin(
+        out,
+        "sampling",
+        key,
+        config=cfg.model_dump(mode="json"),
+        num_prompts=len(prompts),
+        num_shards=len(shards),
+        m=cfg.m,
+    )
     (out / "data").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "manifest.json", manifest)
-    todo = deque(i for i in range(len(shards)) if not _part(out, i).is_file())
+    todo = [i for i in range(len(shards)) if not _part(out, i).is_file()]
     done = len(prompts) - sum(len(shards[i]) for i in todo)
     bar = tqdm(
         total=len(prompts), initial=done, unit="prompt", desc="sampling", disable=not progress
@@ -161,27 +104,35 @@ def run_sampling(cfg: WorkflowConfig, out: Path, progress: bool = True) -> Path:
     ready, new_samples = start, 0
     if todo:
         _preflight(cfg)
-        pool = _Pool(cfg, min(cfg.resources.sampling_actors, len(todo)))
+        res = cfg.resources
+        opts = {"num_cpus": res.cpus_per_actor, "num_gpus": res.gpus_per_actor}
+        pool = ActorPool(
+            lambda _, name: _SamplerActor.options(name=name, **opts).remote(cfg),
+            res.sampling_actors,
+            "sampler",
+        )
         ready = time.perf_counter()
+        order = list(todo)
 
-        def on_done(shard: int, rows: list[dict]) -> None:
+        def on_done(i: int, rows: list[dict]) -> None:
             nonlocal new_samples
-            _write_part(out, shard, rows)
+            _write_part(out, order[i], rows)
             new_samples += len(rows) * cfg.m
             bar.update(len(rows))
             bar.set_postfix(samples_per_s=f"{new_samples / (time.perf_counter() - ready):.1f}")
 
-        _run_shards(pool, shards, todo, on_done)
+        pool.run(
+            [(None, (shards[i],)) for i in order], on_done, lambda i: f"sampling shard {order[i]}"
+        )
     bar.close()
     elapsed = time.perf_counter() - ready
-    manifest["timing"] = {
+    timing = {
         "startup_s": ready - start,
         "sampling_s": elapsed,
         "new_samples": new_samples,
         "samples_per_s": new_samples / max(elapsed, 1e-9),
     }
-    manifest["status"] = "complete"
-    write_json_atomic(out / "manifest.json", manifest)
+    finish(out, manifest, timing=timing)
     return out
 
 

@@ -8,36 +8,50 @@ from pathlib import Path
 
 import torch
 
+from vbon.core.bon import bon_probs, win_rate_vs_ref
+from vbon.methods import Method, WeightFn
 from vbon.toy.train import ToyRun, score_fn
-from vbon.toy.world import TabularPolicy, distinct_reward, random_reference
+from vbon.toy.world import (
+    TabularPolicy,
+    all_sequences,
+    distinct_reward,
+    leveled_reward,
+    random_reference,
+)
 from vbon.training.task import Batch
 
 
 @dataclass
 class ToyTask:
     """`random_reference(vocab, length, ref_seed)` with `distinct_reward(vocab, length,
-    reward_seed)`, scored as `run` says (vbon_exact, vbon_l1 or kl_rl)."""
+    reward_seed)` (or, with `levels`, `leveled_reward`: heavy ties), scored by `run`'s method."""
 
     run: ToyRun
     vocab: int = 4
     length: int = 5
     ref_seed: int = 0
     reward_seed: int = 1
+    levels: int | None = None
     num_prompts: int = 1
 
     def setup(self, device: torch.device) -> None:
         self.ref = random_reference(self.vocab, self.length, self.ref_seed)
-        self.reward = distinct_reward(self.vocab, self.length, self.reward_seed)
+        if self.levels is None:
+            self.reward = distinct_reward(self.vocab, self.length, self.reward_seed)
+        else:
+            self.reward = leveled_reward(self.vocab, self.length, self.levels, self.reward_seed)
         self.score = score_fn(self.run, self.ref, self.reward)
 
     def build_policy(self, value_head: bool) -> TabularPolicy:
         if value_head:
-            raise ValueError("the toy task trains with training.optimizer 'rloo' (no value head)")
+            raise ValueError("the toy task trains with training.estimator 'rloo' (no value head)")
         # float32: DeepSpeed all-reduces half, bfloat16 and float32 gradients only
         return TabularPolicy(self.vocab, self.length, self.ref.logits.detach().float())
 
     @torch.no_grad()
-    def rollout(self, policy, prompts: list[int], k: int, seed: int, synced: bool) -> Batch:
+    def rollout(
+        self, policy, prompts: list[int], k: int, seed: int, synced: bool, method: Method
+    ) -> Batch:
         seqs = policy.sample(len(prompts) * k, torch.Generator().manual_seed(seed))
         return Batch(
             input_ids=seqs,
@@ -49,8 +63,30 @@ class ToyTask:
             ref_logprobs=self.ref.token_logprobs(seqs).float(),
         )
 
-    def best_of_n(self, prompts: list[int]) -> Batch:
-        raise ValueError("the toy task trains RL methods only; BoN-SFT runs in vbon.toy.train")
+    def cached(self, prompts: list[int], weights: WeightFn, k: int, seed: int) -> Batch:
+        """One group of k reference samples per prompt, weighted as the method says."""
+        seqs = self.ref.sample(len(prompts) * k, torch.Generator().manual_seed(seed))
+        w = weights(self.reward(seqs).view(len(prompts), k), self.run.n).flatten()
+        return Batch(
+            input_ids=seqs,
+            attention_mask=torch.ones_like(seqs),
+            mask=torch.ones(seqs.shape),
+            group_size=k,
+            weights=w.float(),
+        )
+
+    def heldout_win_rate(self, policy, rank: int, world: int, synced: bool) -> dict:
+        """Exact win rates against the reference by enumeration (rank 0 counts the one prompt)."""
+        if rank:
+            return {"prompts": 0.0, "policy": 0.0, "bon": 0.0}
+        p = self.ref.probs()
+        r = self.reward(all_sequences(self.vocab, self.length))
+        bon = bon_probs(p, r, self.run.n)
+        return {
+            "prompts": 1.0,
+            "policy": float(win_rate_vs_ref(policy.probs().double(), p, r)),
+            "bon": float(win_rate_vs_ref(bon, p, r)),
+        }
 
     def forward(self, policy, batch: Batch) -> tuple[torch.Tensor, None]:
         return policy(batch.input_ids), None

@@ -1,75 +1,81 @@
 """Train a tabular policy in the toy world with the same losses the real trainer uses.
 
 Gradients are Monte Carlo: each step samples sequences from the current policy, scores them,
-and applies RLOO with a sequence-level KL penalty (or, for BoN-SFT, the NLL of best-of-N draws).
-The exact KL to pi_BoN is then read off by enumeration.
+and applies RLOO with a sequence-level KL penalty; cached-sample methods (BoN-SFT, BoN
+distillation) take the weighted NLL of groups of reference samples. Methods come from the same
+registry as the real trainer. The exact KL to pi_BoN is then read off by enumeration.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from vbon.core.bon import reward_masses
-from vbon.core.cdf import empirical_cdf
+from vbon.core.cdf import empirical_masses
 from vbon.core.losses import (
     ppo_policy_loss,
     rloo_advantages,
     sequence_kl_penalized_reward,
-    sft_loss,
+    weighted_nll,
 )
-from vbon.core.vbon_reward import beta_from_n, exact_reward, l1_reward
+from vbon.methods import get_method
 from vbon.toy.world import RewardFn, TabularPolicy, all_sequences, sequence_index
-
-Method = Literal["vbon_exact", "vbon_l1", "kl_rl", "bon_sft"]
-
-# log F for the lowest outcome is -inf under the exact CDF; the l1 reward floors F here.
-L1_CDF_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
 class ToyRun:
-    """One training run. `m` None uses the exact CDF; otherwise F_hat from m reference samples."""
+    """One training run of a method of `vbon.methods.METHODS`. `m` None gives the RL score the
+    exact reference masses (P_lt, P_le); otherwise they are estimated from m reference samples.
+    Cached-sample methods draw groups of `cached_m` reference samples (default 4N) per step and
+    weight them as the method says; `mix` is the Jeffreys lambda."""
 
-    method: Method
+    method: str
     n: int
     beta: float | None = None
     m: int | None = None
     steps: int = 1500
     batch_size: int = 2048
     lr: float = 0.1
+    cached_m: int | None = None
+    mix: float = 0.5
     seed: int = 0
 
     @property
-    def kl_coef(self) -> float:
-        if self.method == "kl_rl":
-            if self.beta is None:
-                raise ValueError("kl_rl needs beta")
-            return self.beta
-        return beta_from_n(self.n)
+    def kl_coef(self) -> float | None:
+        coef = get_method(self.method).beta(self.n, self.beta)
+        if get_method(self.method).kl == "config" and coef is None:
+            raise ValueError(f"{self.method} needs beta")
+        return coef
 
 
-def cdf_fn(ref: TabularPolicy, reward_fn: RewardFn, m: int | None, seed: int = 0):
-    """F(r(y)) for sequences y: exact (P_ref(r' < r)) when m is None, else F_hat from m samples."""
+def masses_fn(ref: TabularPolicy, reward_fn: RewardFn, m: int | None, seed: int = 0):
+    """(P_lt, P_le) of r(y) for sequences y: exact by enumeration when m is None, else the
+    smoothed estimates from m reference samples (`vbon.core.cdf.empirical_masses`)."""
     if m is None:
-        seqs = all_sequences(ref.vocab, ref.length)
-        p_lt, _ = reward_masses(ref.probs(), reward_fn(seqs))
-        return lambda s: p_lt[sequence_index(s, ref.vocab)]
+        p_lt, p_le = reward_masses(ref.probs(), reward_fn(all_sequences(ref.vocab, ref.length)))
+        return lambda s: (p_lt[sequence_index(s, ref.vocab)], p_le[sequence_index(s, ref.vocab)])
     ref_rewards = reward_fn(ref.sample(m, torch.Generator().manual_seed(seed + 10_000)))
-    return lambda s: empirical_cdf(reward_fn(s)[None], ref_rewards[None])[0]
+
+    def estimate(s: torch.Tensor):
+        p_lt, p_le = empirical_masses(reward_fn(s)[None], ref_rewards[None])
+        return p_lt[0], p_le[0]
+
+    return estimate
 
 
 def score_fn(run: ToyRun, ref: TabularPolicy, reward_fn: RewardFn):
-    """The reward that the policy maximises: raw r for kl_rl, the vBoN reward otherwise."""
-    if run.method == "kl_rl":
-        return reward_fn
-    cdf = cdf_fn(ref, reward_fn, run.m, run.seed)
-    if run.method == "vbon_l1":
-        return lambda s: l1_reward(torch.log(cdf(s).clamp_min(L1_CDF_FLOOR)))
-    return lambda s: exact_reward(torch.log(cdf(s)), ref.token_logprobs(s).sum(-1), run.n)
+    """The sequence reward that the method's RL term maximises."""
+    method = get_method(run.method)
+    masses = masses_fn(ref, reward_fn, run.m, run.seed)
+
+    def score(s: torch.Tensor) -> torch.Tensor:
+        p_lt, p_le = masses(s)
+        return method.score(reward_fn(s), p_lt, p_le, ref.token_logprobs(s).sum(-1), run.n)
+
+    return score
 
 
 def optimum(ref: TabularPolicy, reward_fn: RewardFn, run: ToyRun) -> torch.Tensor:
@@ -81,17 +87,25 @@ def optimum(ref: TabularPolicy, reward_fn: RewardFn, run: ToyRun) -> torch.Tenso
 
 
 def train_toy(ref: TabularPolicy, reward_fn: RewardFn, run: ToyRun) -> TabularPolicy:
-    """Fine-tune a copy of `ref`; Adam with a cosine-decayed learning rate."""
+    """Fine-tune a copy of `ref`; Adam with a cosine-decayed learning rate. The loss is the
+    trainer's: the RL term, the weighted NLL of cached samples, or the Jeffreys mix
+    lambda * forward + (1 - lambda) / beta * RL."""
+    method = get_method(run.method)
     g = torch.Generator().manual_seed(run.seed)
     policy = TabularPolicy(ref.vocab, ref.length, ref.logits.detach())
     opt = torch.optim.Adam(policy.parameters(), lr=run.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / run.steps))
     )
-    score = None if run.method == "bon_sft" else score_fn(run, ref, reward_fn)
+    score = score_fn(run, ref, reward_fn) if method.uses_rollouts else None
     for _ in range(run.steps):
         if score is None:
-            loss = _bon_sft_loss(policy, ref, reward_fn, run, g)
+            loss = _cached_loss(policy, ref, reward_fn, run, g)
+        elif method.uses_cached:
+            fwd = _cached_loss(policy, ref, reward_fn, run, g)
+            loss = run.mix * fwd + (1 - run.mix) / run.kl_coef * _rl_loss(
+                policy, ref, score, run, g
+            )
         else:
             loss = _rl_loss(policy, ref, score, run, g)
         opt.zero_grad()
@@ -113,9 +127,11 @@ def _rl_loss(policy, ref, score, run: ToyRun, g) -> torch.Tensor:
     return loss
 
 
-def _bon_sft_loss(policy, ref, reward_fn, run: ToyRun, g) -> torch.Tensor:
-    draws = ref.sample(run.batch_size * run.n, g).view(run.batch_size, run.n, -1)
-    best = reward_fn(draws.flatten(0, 1)).view(run.batch_size, run.n).argmax(-1)
-    seqs = draws[torch.arange(run.batch_size), best]
+def _cached_loss(policy, ref, reward_fn, run: ToyRun, g) -> torch.Tensor:
+    """Groups of cached reference samples, each weighted by the method (per group summing to 1)."""
+    m = run.cached_m or 4 * run.n
+    groups = max(1, run.batch_size // m)
+    seqs = ref.sample(groups * m, g)
+    weights = get_method(run.method).cached_weights(reward_fn(seqs).view(groups, m), run.n)
     logp = policy.token_logprobs(seqs)
-    return sft_loss(logp, torch.ones_like(logp))
+    return weighted_nll(logp, torch.ones_like(logp), weights.flatten())

@@ -93,6 +93,19 @@ def distinct_reward(vocab: int, length: int, seed: int = 0) -> RewardFn:
     return reward
 
 
+def leveled_reward(vocab: int, length: int, levels: int, seed: int = 0) -> RewardFn:
+    """`distinct_reward` cut into `levels` levels of equally many sequences: heavy ties, as with
+    a scorer that gives many texts the same value."""
+    base = distinct_reward(vocab, length, seed)
+    rank = torch.argsort(torch.argsort(base(all_sequences(vocab, length))))
+    level = (rank * levels // vocab**length).to(torch.float64)
+
+    def reward(seqs: torch.Tensor) -> torch.Tensor:
+        return level[sequence_index(seqs, vocab)]
+
+    return reward
+
+
 def tied_reward(token: int = 0) -> RewardFn:
     """r(y) = number of occurrences of `token`: L+1 reward levels, many ties."""
 

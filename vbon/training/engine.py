@@ -37,7 +37,7 @@ def deepspeed_config(t: TrainingConfig, micro_batch: int, bf16: bool) -> dict:
 
 def lr_lambda(t: TrainingConfig) -> Callable[[int], float]:
     """Multiplier of the learning rate per optimiser step: 1, or a cosine decay to 0."""
-    total = t.steps * t.ppo_epochs
+    total = t.steps * t.update_epochs
     if t.lr_schedule == "cosine":
         return lambda i: 0.5 * (1.0 + math.cos(math.pi * min(i, total) / total))
     return lambda i: 1.0

@@ -14,13 +14,22 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from vbon.config import WorkflowConfig
-from vbon.core.vbon_reward import policy_score
+from vbon.core.cdf import empirical_masses
+from vbon.core.metrics import best_of_first_n, win_rate_vs_reward, win_rate_vs_samples
+from vbon.methods import Method, WeightFn
 from vbon.models import load_causal_lm, load_tokenizer
-from vbon.models.logprobs import completion_logprobs, forward_logprobs, positions
+from vbon.models.logprobs import (
+    append_completions,
+    completion_logprobs,
+    forward_logprobs,
+    positions,
+)
 from vbon.rewards import build_scorer
-from vbon.sampling.generate import completion_lengths, render_prompt
+from vbon.sampling.generate import generate, render_prompt, row_seed
 from vbon.sampling.stage import read_samples
 from vbon.training.task import Batch
+
+HELDOUT_SEED = 5_555_555  # the learning curve's samples: fixed, distinct from every other seed
 
 
 class PolicyModel(nn.Module):
@@ -75,7 +84,8 @@ def select_trainable(lm: nn.Module, trainable: str, top_layers: int, lora_rank: 
 
 
 class LanguageModelTask:
-    """Rollouts from the policy on the training prompts of the sampling dataset."""
+    """Rollouts from the policy on the training prompts of the sampling dataset, the cached
+    reference samples of those prompts, and held-out prompts for the learning curve."""
 
     def __init__(self, cfg: WorkflowConfig, samples_dir: str) -> None:
         self.cfg = cfg
@@ -84,11 +94,10 @@ class LanguageModelTask:
             raise ValueError(
                 f"{samples_dir} has no training prompts (data.test_fraction too high?)"
             )
-        self.prompts = [r["prompt"] for r in rows]
-        self.ref_completions = [r["completions"] for r in rows]
-        self.ref_num_tokens = [r["num_tokens"] for r in rows]
-        self.ref_rewards = [torch.tensor(r["rewards"], dtype=torch.float64) for r in rows]
+        self.rows = rows
         self.num_prompts = len(rows)
+        self.heldout = read_samples(Path(samples_dir), split="test").to_pylist()
+        self.heldout = self.heldout[: cfg.training.eval_prompts]
 
     def setup(self, device: torch.device) -> None:
         self.device = device
@@ -107,89 +116,87 @@ class LanguageModelTask:
         rendered = [render_prompt(self.tok, t, chat) for t in texts]
         return self.tok(rendered, return_tensors="pt", padding=True, add_special_tokens=not chat)
 
+    def _batch(self, rows: list[dict], k: int, completions: list[list[int]], **fields) -> Batch:
+        """Prompts (each repeated k times) followed by the given completion token ids."""
+        enc = self._encode([r["prompt"] for r in rows for _ in range(k)])
+        ids, att, mask = append_completions(
+            enc["input_ids"], enc["attention_mask"], completions, self.tok.pad_token_id
+        )
+        return Batch(input_ids=ids, attention_mask=att, mask=mask, group_size=k, **fields)
+
+    def _sample(self, policy: nn.Module, rows: list[dict], k: int, seed: int, synced: bool):
+        """k samples per row from the policy, through the one seeded sampler, and their rewards."""
+        chat = self.cfg.data.chat_template
+        rendered = [render_prompt(self.tok, r["prompt"], chat) for r in rows]
+        seeds = [[row_seed(seed, r["prompt_id"], j) for j in range(k)] for r in rows]
+        out = generate(
+            policy.lm, self.tok, rendered, seeds, self.cfg.sampling, not chat, synced_gpus=synced
+        )
+        texts = [r["prompt"] for r in rows for _ in range(k)]
+        rewards = torch.tensor(self.scorer.score(texts, out.texts), dtype=torch.float64)
+        return out, rewards.view(len(rows), k)
+
     @torch.no_grad()
     def rollout(
-        self, policy: nn.Module, prompts: list[int], k: int, seed: int, synced: bool
+        self, policy: nn.Module, prompts: list[int], k: int, seed: int, synced: bool, method: Method
     ) -> Batch:
-        s = self.cfg.sampling
-        texts = [self.prompts[i] for i in prompts for _ in range(k)]
-        enc = self._encode(texts).to(self.device)
-        torch.manual_seed(seed)
-        out = policy.lm.generate(
-            **enc,
-            do_sample=True,
-            temperature=s.temperature,
-            top_k=s.top_k,
-            top_p=s.top_p,
-            max_new_tokens=s.max_new_tokens,
-            pad_token_id=self.tok.pad_token_id,
-            eos_token_id=self.tok.eos_token_id,
-            stop_strings=s.stop or None,
-            tokenizer=self.tok if s.stop else None,
-            synced_gpus=synced,
-        )
-        completion = out[:, enc["input_ids"].shape[1] :].cpu()
-        lengths = completion_lengths(completion, self.tok.eos_token_id, self.tok.pad_token_id)
-        mask = (torch.arange(completion.shape[1]) < lengths[:, None]).float()
-        completions = [
-            self.tok.decode(row[:n], skip_special_tokens=True)
-            for row, n in zip(completion, lengths, strict=True)
-        ]
-        rewards = torch.tensor(self.scorer.score(texts, completions), dtype=torch.float64)
-        batch = Batch(
-            input_ids=out.cpu(),
-            attention_mask=torch.cat([enc["attention_mask"].cpu(), mask.long()], 1),
-            mask=mask,
-            group_size=k,
-            rewards=rewards,
-        ).to(self.device)
+        rows = [self.rows[i] for i in prompts]
+        out, rewards = self._sample(policy, rows, k, seed, synced)
+        batch = self._batch(rows, k, out.token_ids, rewards=rewards.flatten()).to(self.device)
         batch.ref_logprobs = forward_logprobs(
-            self.reference, batch.input_ids, batch.attention_mask, mask.shape[1], s.temperature
+            self.reference,
+            batch.input_ids,
+            batch.attention_mask,
+            batch.mask.shape[1],
+            self.cfg.sampling.temperature,
         )
-        batch.score = self._score(prompts, k, rewards, batch.ref_logprobs, batch.mask)
+        seq_ref = (batch.ref_logprobs * batch.mask).sum(-1).double().cpu().view(len(rows), k)
+        ref = nn.utils.rnn.pad_sequence(
+            [torch.tensor(r["rewards"], dtype=torch.float64) for r in rows], batch_first=True
+        )
+        ref_mask = nn.utils.rnn.pad_sequence(
+            [torch.ones(len(r["rewards"]), dtype=torch.bool) for r in rows], batch_first=True
+        )
+        p_lt, p_le = empirical_masses(rewards, ref, ref_mask)
+        score = method.score(rewards, p_lt, p_le, seq_ref, self.cfg.n)
+        batch.score = score.flatten().float().to(self.device)
         return batch
 
-    def _score(self, prompts, k, rewards, ref_logprobs, mask) -> torch.Tensor:
-        ref = nn.utils.rnn.pad_sequence([self.ref_rewards[i] for i in prompts], batch_first=True)
-        ref_mask = nn.utils.rnn.pad_sequence(
-            [torch.ones_like(self.ref_rewards[i], dtype=torch.bool) for i in prompts],
-            batch_first=True,
-        )
-        seq_ref = (ref_logprobs * mask).sum(-1).double().cpu().view(len(prompts), k)
-        t = self.cfg.training
-        score = policy_score(
-            t.algorithm,
-            t.vbon_reward,
-            rewards.view(len(prompts), k),
-            ref,
-            ref_mask,
-            seq_ref,
-            self.cfg.n,
-        )
-        return score.flatten().float().to(self.device)
-
-    def best_of_n(self, prompts: list[int]) -> Batch:
-        """The highest-reward of each prompt's first N reference samples (first index on ties),
-        ending in EOS when the sample stopped before max_new_tokens."""
-        n, max_new = self.cfg.n, self.cfg.sampling.max_new_tokens
-        enc = self._encode([self.prompts[i] for i in prompts])
-        targets = []
+    def cached(self, prompts: list[int], weights: WeightFn, k: int, seed: int) -> Batch:
+        """k draws per prompt from its M cached reference samples in proportion to `weights`
+        (an unbiased estimate of the weighted loss at a fixed cost); repeated draws are merged
+        into one row whose weight counts them. A sample that stopped early ends in its EOS."""
+        g = torch.Generator().manual_seed(seed)
+        rows, completions, counts = [], [], []
         for i in prompts:
-            best = int(torch.argmax(self.ref_rewards[i][:n]))
-            ids = self.tok(self.ref_completions[i][best], add_special_tokens=False)["input_ids"]
-            if self.ref_num_tokens[i][best] < max_new:
-                ids = [*ids, self.tok.eos_token_id]
-            targets.append(torch.tensor(ids[:max_new] or [self.tok.eos_token_id]))
-        completion = nn.utils.rnn.pad_sequence(
-            targets, batch_first=True, padding_value=self.tok.pad_token_id
-        )
-        mask = torch.arange(completion.shape[1]) < torch.tensor([len(t) for t in targets])[:, None]
-        return Batch(
-            input_ids=torch.cat([enc["input_ids"], completion], 1),
-            attention_mask=torch.cat([enc["attention_mask"], mask.long()], 1),
-            mask=mask.float(),
-            group_size=1,
-        ).to(self.device)
+            row = self.rows[i]
+            w = weights(torch.tensor([row["rewards"]], dtype=torch.float64), self.cfg.n)[0]
+            picks = torch.multinomial(w, k, replacement=True, generator=g)
+            for j, c in zip(*torch.unique(picks, return_counts=True), strict=True):
+                rows.append(row)
+                completions.append(row["token_ids"][int(j)] or [self.tok.eos_token_id])
+                counts.append(float(c) / k)
+        return self._batch(rows, 1, completions, weights=torch.tensor(counts)).to(self.device)
+
+    @torch.no_grad()
+    def heldout_win_rate(self, policy: nn.Module, rank: int, world: int, synced: bool) -> dict:
+        """This rank's share of the held-out learning curve: sums over its prompts of the policy's
+        win rate against all M cached reference samples (ties half), one sample per prompt at a
+        fixed seed, and of BoN-N's (its pick among the first N against the unseen M - N)."""
+        rows = self.heldout[rank::world]
+        if not self.heldout or (not rows and not synced):
+            return {"prompts": 0.0, "policy": 0.0, "bon": 0.0}
+        _, rewards = self._sample(policy, rows or self.heldout[:1], 1, HELDOUT_SEED, synced)
+        if not rows:  # joined a ZeRO-3 generate only to keep the ranks in step
+            return {"prompts": 0.0, "policy": 0.0, "bon": 0.0}
+        ref = torch.tensor([r["rewards"] for r in rows], dtype=torch.float64)
+        n = self.cfg.n
+        bon = win_rate_vs_reward(best_of_first_n(ref, n)[:, None], ref[:, n:]).mean(-1)
+        return {
+            "prompts": float(len(rows)),
+            "policy": float(win_rate_vs_samples(rewards[:, 0], ref).sum()),
+            "bon": float(bon.sum()) if ref.shape[1] > n else float("nan"),
+        }
 
     def forward(self, policy: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         t = batch.mask.shape[1]

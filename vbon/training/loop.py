@@ -53,7 +53,8 @@ def peak_memory_mib(device: torch.device) -> float:
 
 
 class _Log:
-    """Rank 0's metrics: one JSON line per event, TensorBoard scalars, one printed line per step."""
+    """Rank 0's metrics: one JSON line per event and TensorBoard scalars (the driver prints them:
+    `vbon.training.stage.follow_metrics`)."""
 
     def __init__(self, log_dir: str, rank: int) -> None:
         self.active = rank == 0
@@ -70,16 +71,13 @@ class _Log:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def step(self, step: int, total: int, metrics: dict[str, float]) -> None:
+    def step(self, step: int, metrics: dict[str, float]) -> None:
         if not self.active:
             return
         self.event({"step": step, **metrics})
         for k, v in metrics.items():
             self.tb.add_scalar(f"train/{k}", v, step)
         self.tb.flush()
-        if step % max(1, total // 100) == 0 or step == total:
-            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "tokens")
-            print(f"[train] step {step}/{total} {shown}", flush=True)
 
 
 def _reduce(metrics: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -134,8 +132,10 @@ def train_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from vbon.core.bon import bon_pick_probs
+    from vbon.methods import get_method
     from vbon.training import engine as ds
-    from vbon.training.update import rl_step, sft_step
+    from vbon.training.update import cached_step, rl_step
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -149,26 +149,35 @@ def train_loop(config: dict) -> None:
 
     task = job.make_task()
     task.setup(device)
+    method = get_method(t.algorithm)
     per_worker = t.prompts_per_step // world
-    micro = per_worker * (1 if t.algorithm == "bon_sft" else t.samples_per_prompt)
-    ds_config = ds.deepspeed_config(t, micro, job.bf16)
+    ds_config = ds.deepspeed_config(t, per_worker * t.samples_per_prompt, job.bf16)
     with ds.zero3_init(ds_config):
-        policy = task.build_policy(value_head=t.algorithm != "bon_sft" and t.optimizer == "ppo")
+        policy = task.build_policy(value_head=method.uses_rollouts and t.estimator == "ppo")
     engine = ds.initialize(policy, t, ds_config)
     zero3 = engine.zero_optimization_stage() == 3
 
     start = _restore(engine)
     if start:
         log.event({"event": "resume", "step": start, "optimizer_steps": ds.optimizer_steps(engine)})
+    elif t.eval_every:  # the learning curve starts at the reference
+        log.step(0, _heldout(task, engine.module, rank, world, zero3, device))
     for step in range(start, t.steps):
         began = time.perf_counter()
         prompts = step_prompts(task.num_prompts, t.prompts_per_step, step, t.seed)[rank::world]
-        if t.algorithm == "bon_sft":
-            metrics = sft_step(engine, task, task.best_of_n(prompts), t)
+        seed = (t.seed * 1_000_003 + step) * 1_009 + rank
+        k = t.samples_per_prompt
+        if step < t.distill_steps:  # warm start: BoN distillation on the cached samples
+            metrics = cached_step(engine, task, task.cached(prompts, bon_pick_probs, k, seed), t)
+        elif not method.uses_rollouts:
+            batch = task.cached(prompts, method.cached_weights, k, seed)
+            metrics = cached_step(engine, task, batch, t)
         else:
-            seed = (t.seed * 1_000_003 + step) * 1_009 + rank
-            batch = task.rollout(engine.module, prompts, t.samples_per_prompt, seed, zero3)
-            metrics = rl_step(engine, task, batch, t, job.beta)
+            batch = task.rollout(engine.module, prompts, k, seed, zero3, method)
+            cached = (
+                task.cached(prompts, method.cached_weights, k, seed) if method.uses_cached else None
+            )
+            metrics = rl_step(engine, task, batch, t, job.beta, cached)
         elapsed = time.perf_counter() - began
         metrics |= {
             "step_s": elapsed,
@@ -177,10 +186,30 @@ def train_loop(config: dict) -> None:
             "peak_mem_mib": peak_memory_mib(device),
         }
         metrics = _reduce(metrics, device)
-        log.step(step + 1, t.steps, metrics)
+        if t.eval_every and ((step + 1) % t.eval_every == 0 or step + 1 == t.steps):
+            metrics |= _heldout(task, engine.module, rank, world, zero3, device)
+        log.step(step + 1, metrics)
         last = step + 1 == t.steps
         if last or (step + 1) % t.checkpoint_every == 0:
             _save(engine, step + 1, metrics, _exporter(engine, task, rank) if last else None)
+
+
+def _heldout(task: Task, policy, rank: int, world: int, synced: bool, device) -> dict:
+    """The learning curve's point: win rates against the reference on the held-out prompts of
+    every rank together (`heldout_win_rate` / `heldout_bon_win_rate`)."""
+    import torch.distributed as dist
+
+    policy.eval()
+    part = task.heldout_win_rate(policy, rank, world, synced)
+    policy.train()
+    vec = torch.tensor([part["prompts"], part["policy"], part["bon"]], dtype=torch.float64)
+    if dist.is_initialized() and world > 1:
+        vec = vec.to(device)
+        dist.all_reduce(vec)
+    count, won, bon = vec.tolist()
+    if not count:
+        return {}
+    return {"heldout_win_rate": won / count, "heldout_bon_win_rate": bon / count}
 
 
 def _exporter(engine, task: Task, rank: int) -> Callable[[Path], None] | None:

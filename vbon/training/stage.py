@@ -12,18 +12,28 @@ Output folder:
 
 from __future__ import annotations
 
-import re
+import json
 import shutil
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 from vbon.config import ResourcesConfig, WorkflowConfig
 from vbon.errors import VbonError
-from vbon.manifest import claim_folder, config_hash, write_json_atomic
+from vbon.manifest import (
+    MODEL_IDENTITY,
+    begin,
+    claim_folder,
+    config_hash,
+    finish,
+    write_json_atomic,
+)
 from vbon.plots import read_steps, training_curves
+from vbon.ray_runtime import error_line
 from vbon.sampling.stage import sampling_hash
 from vbon.training.lm_task import LanguageModelTask
 from vbon.training.loop import EXPORT_DIR, TrainJob, train_loop
@@ -41,14 +51,42 @@ def training_hash(cfg: WorkflowConfig) -> str:
     )
 
 
-def _failure_line(exc: BaseException) -> str:
-    """The worker's own error line (a VbonError's message) rather than Ray's wrapping."""
-    text = str(exc)
-    found = re.findall(r"vbon\.errors\.\w+: (.+)", text)
-    if found:
-        return found[-1].strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else type(exc).__name__
+SHOWN = ("reward", "score", "kl", "loss", "heldout_win_rate", "step_s")
+
+
+@contextmanager
+def follow_metrics(metrics: Path, total: int, every_s: float = 0.5) -> Iterator[None]:
+    """While training runs, print each step that rank 0 appends to metrics.jsonl, once."""
+    stop = threading.Event()
+    offset = metrics.stat().st_size if metrics.exists() else 0
+
+    def show() -> None:
+        nonlocal offset
+        while True:
+            done = stop.wait(every_s)
+            if metrics.exists():
+                with metrics.open() as f:
+                    f.seek(offset)
+                    text = f.read()
+                complete = text[: text.rfind("\n") + 1]
+                offset += len(complete.encode())
+                for line in complete.splitlines():
+                    record = json.loads(line)
+                    if "step" in record and "event" not in record:
+                        shown = " ".join(f"{k}={record[k]:.4g}" for k in SHOWN if k in record)
+                        print(f"[train] step {record['step']}/{total} {shown}", flush=True)
+                    elif record.get("event") == "resume":
+                        print(f"[train] resumed from step {record['step']}", flush=True)
+            if done:
+                return
+
+    thread = threading.Thread(target=show, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def fit(job: TrainJob, resources: ResourcesConfig, storage: Path) -> Path:
@@ -83,7 +121,7 @@ def fit(job: TrainJob, resources: ResourcesConfig, storage: Path) -> Path:
     except SystemExit:  # Ray Train's Ctrl-C handler aborts the run, then exits
         raise KeyboardInterrupt from None
     except Exception as exc:  # Ray wraps worker errors in its own types
-        raise VbonError(f"training failed: {_failure_line(exc)}") from None
+        raise VbonError(f"training failed: {error_line(exc)}") from None
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, sigint)  # Ray Train's handler outlives the run
@@ -99,15 +137,7 @@ def run_training(cfg: WorkflowConfig, samples: Path, out: Path) -> Path:
     manifest = claim_folder(out, key, "training")
     if manifest and manifest["status"] == "complete" and (out / EXPORT_DIR).is_dir():
         return out
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "stage": "training",
-        "config_hash": key,
-        "config": cfg.model_dump(mode="json"),
-        "samples": str(samples),
-        "status": "running",
-    }
-    write_json_atomic(out / "manifest.json", manifest)
+    manifest = begin(out, "training", key, config=cfg.model_dump(mode="json"), samples=str(samples))
     job = TrainJob(
         training=cfg.training,
         beta=cfg.beta,
@@ -117,15 +147,12 @@ def run_training(cfg: WorkflowConfig, samples: Path, out: Path) -> Path:
         cpus_per_worker=cfg.resources.cpus_per_worker,
     )
     start = time.perf_counter()
-    final = fit(job, cfg.resources, out)
+    with follow_metrics(out / "metrics.jsonl", cfg.training.steps):
+        final = fit(job, cfg.resources, out)
     shutil.rmtree(out / EXPORT_DIR, ignore_errors=True)
     shutil.copytree(final / EXPORT_DIR, out / EXPORT_DIR)
+    write_json_atomic(out / EXPORT_DIR / MODEL_IDENTITY, {"training_hash": key})
     steps = read_steps(out / "metrics.jsonl")
     training_curves(out / "metrics.jsonl", out / "training.png", title=f"{cfg.name}: training")
-    manifest |= {
-        "status": "complete",
-        "final_metrics": steps[-1],
-        "wall_s": time.perf_counter() - start,
-    }
-    write_json_atomic(out / "manifest.json", manifest)
+    finish(out, manifest, final_metrics=steps[-1], wall_s=time.perf_counter() - start)
     return out

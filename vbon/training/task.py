@@ -1,9 +1,10 @@
 """What the distributed trainer needs from a task: a policy to build, rollouts to score, and a
 forward pass giving per-token log-probabilities.
 
-A task owns everything but the optimisation: the frozen reference, the reward scorer and the
-per-prompt reference rewards (for F_hat). `LanguageModelTask` is the real one; `ToyTask` runs the
-enumerable toy world through the same Ray Train + DeepSpeed loop.
+A task owns everything but the optimisation: the frozen reference, the reward scorer, the
+per-prompt reference rewards (for F_hat) and the cached reference samples. `LanguageModelTask` is
+the real one; `ToyTask` runs the enumerable toy world through the same Ray Train + DeepSpeed loop.
+The method (`vbon.methods.Method`) says how rollouts are scored and cached samples weighted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from vbon.methods import Method, WeightFn
+
 
 @dataclass
 class Batch:
@@ -22,7 +25,8 @@ class Batch:
 
     `input_ids`/`attention_mask` are [B, S] (prompt then completion); `mask` is [B, T] and marks
     the completion tokens, the last T positions of `input_ids`. `ref_logprobs` [B, T] and `score`
-    [B] (the reward the step maximises) are None for supervised batches.
+    [B] (the reward the step maximises) are None for batches of cached samples, which carry
+    `weights` [B] instead.
     """
 
     input_ids: torch.Tensor
@@ -32,6 +36,7 @@ class Batch:
     rewards: torch.Tensor | None = None
     score: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         moved = {
@@ -50,12 +55,17 @@ class Task(Protocol):
         """The trainable module, initialised from the reference."""
 
     def rollout(
-        self, policy: nn.Module, prompts: list[int], k: int, seed: int, synced: bool
+        self, policy: nn.Module, prompts: list[int], k: int, seed: int, synced: bool, method: Method
     ) -> Batch:
-        """k samples per prompt from the current policy, scored. `synced`: ZeRO-3 generation."""
+        """k samples per prompt from the current policy, scored by `method.score`. `synced`:
+        ZeRO-3 generation (every rank generates together)."""
 
-    def best_of_n(self, prompts: list[int]) -> Batch:
-        """For BoN-SFT: each prompt's best of its first N reference samples."""
+    def cached(self, prompts: list[int], weights: WeightFn, k: int, seed: int) -> Batch:
+        """k weighted draws per prompt from its cached reference samples (`Batch.weights`)."""
+
+    def heldout_win_rate(self, policy: nn.Module, rank: int, world: int, synced: bool) -> dict:
+        """This rank's sums for the learning curve: {"prompts", "policy", "bon"} (win rates
+        against the reference, summed over its held-out prompts)."""
 
     def forward(self, policy: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """log pi(y_t) on the completion tokens [B, T], and values [B, T] if the policy has them."""

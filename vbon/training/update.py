@@ -1,6 +1,7 @@
-"""One optimisation step on one worker's batch: PPO (per-token KL penalty, GAE, value head),
-RLOO (sequence-level KL penalty, leave-one-out baseline), or BoN-SFT. The maths is in
-`vbon.core.losses`; DeepSpeed all-reduces the gradients across workers."""
+"""One optimisation step on one worker's batches: an RL term on rollouts (PPO with a per-token KL
+penalty, GAE and a value head; or RLOO with a sequence-level KL penalty and a leave-one-out
+baseline), a forward-KL term on weighted cached samples, or the Jeffreys mix of both. The maths
+is in `vbon.core.losses`; DeepSpeed all-reduces the gradients across workers."""
 
 from __future__ import annotations
 
@@ -15,16 +16,25 @@ from vbon.core.losses import (
     ppo_policy_loss,
     rloo_advantages,
     sequence_kl_penalized_reward,
-    sft_loss,
     value_loss,
+    weighted_nll,
 )
 from vbon.training.task import Batch, Task
 
 
-def _advantages(batch: Batch, old_lp, old_values, t: TrainingConfig, beta: float):
-    """Per-token advantages [B, T] and value targets (None for RLOO)."""
+def advantages(
+    batch: Batch,
+    old_lp: torch.Tensor,
+    old_values: torch.Tensor | None,
+    t: TrainingConfig,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token advantages [B, T] and value targets (None for RLOO). PPO: GAE over per-token
+    rewards -beta kl_t (+ the score on the last token), whitened. RLOO: the leave-one-out
+    advantage of R(y) = score - beta sum_t kl_t, on every token of y (not whitened, so the
+    loss keeps the scale of the objective's gradient)."""
     mask = batch.mask
-    if t.optimizer == "ppo":
+    if t.estimator == "ppo":
         rewards = kl_penalized_rewards(
             batch.score, old_lp, batch.ref_logprobs, mask, beta, t.kl_estimator
         )
@@ -37,20 +47,35 @@ def _advantages(batch: Batch, old_lp, old_values, t: TrainingConfig, beta: float
     return adv[:, None].expand_as(mask) * mask, None
 
 
-def rl_step(engine, task: Task, batch: Batch, t: TrainingConfig, beta: float) -> dict[str, float]:
-    """`ppo_epochs` clipped policy-gradient updates on one rollout batch. The first epoch's
-    forward pass also gives pi_old and the old values (the policy has not moved yet)."""
+def rl_step(
+    engine,
+    task: Task,
+    batch: Batch,
+    t: TrainingConfig,
+    beta: float,
+    cached: Batch | None = None,
+) -> dict[str, float]:
+    """`update_epochs` clipped policy-gradient updates on one rollout batch. The first epoch's
+    forward pass also gives pi_old and the old values (the policy has not moved yet).
+
+    With `cached` (the Jeffreys mix, J-BOND), the loss is lambda * forward KL on the cached
+    samples + (1 - lambda) * (1 / beta) * the RL loss: the RL objective E[R] - beta KL(pi || ref)
+    is -beta KL(pi || pi_BoN) + const, so dividing by beta makes it the reverse KL itself."""
     mask = batch.mask
-    for epoch in range(t.ppo_epochs):
+    lam = t.jeffreys_lambda if cached is not None else 0.0
+    for epoch in range(t.update_epochs):
         logprob, values = task.forward(engine, batch)
         if epoch == 0:
             old_lp = logprob.detach()
             old_values = None if values is None else values.detach()
             with torch.no_grad():
-                adv, returns = _advantages(batch, old_lp, old_values, t, beta)
+                adv, returns = advantages(batch, old_lp, old_values, t, beta)
         loss, clip_frac = ppo_policy_loss(logprob, old_lp, adv, mask, t.clip_ratio)
         if values is not None:
             loss = loss + t.value_coef * value_loss(values, old_values, returns, mask)
+        if cached is not None:
+            fwd = weighted_nll(task.forward(engine, cached)[0], cached.mask, cached.weights)
+            loss = lam * fwd + (1 - lam) / beta * loss
         engine.backward(loss)
         engine.step()
     kl = (kl_k1(old_lp, batch.ref_logprobs) * mask).sum(-1)
@@ -64,11 +89,12 @@ def rl_step(engine, task: Task, batch: Batch, t: TrainingConfig, beta: float) ->
     }
 
 
-def sft_step(engine, task: Task, batch: Batch, t: TrainingConfig) -> dict[str, float]:
-    """Maximum likelihood on the best-of-N reference completions."""
-    for _ in range(t.ppo_epochs):
+def cached_step(engine, task: Task, batch: Batch, t: TrainingConfig) -> dict[str, float]:
+    """`update_epochs` steps of weighted maximum likelihood on cached reference samples: BoN-SFT
+    (the best of the first N) or BoN distillation (every sample by its chance to be the pick)."""
+    for _ in range(t.update_epochs):
         logprob, _ = task.forward(engine, batch)
-        loss = sft_loss(logprob, batch.mask)
+        loss = weighted_nll(logprob, batch.mask, batch.weights)
         engine.backward(loss)
         engine.step()
     return {"loss": loss.item(), "tokens": float(batch.mask.sum())}

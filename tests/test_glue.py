@@ -1,0 +1,115 @@
+"""The glue between the math and the models, without Ray: the sampler's logit warping, completion
+lengths, the advantage estimators, the DeepSpeed config, the value slice and the registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vbon.config import TrainingConfig
+from vbon.core.losses import rloo_advantages
+from vbon.methods import METHODS, best_of_first_n_weights, method_family, method_label
+from vbon.sampling.generate import completion_lengths, warp_logits
+from vbon.training.engine import deepspeed_config
+from vbon.training.task import Batch
+from vbon.training.update import advantages
+
+
+def test_warp_logits_temperature_top_k_and_top_p() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.15, 0.1]]))
+    assert torch.allclose(warp_logits(logits, 1.0, 0, 1.0).exp(), logits.exp())
+    hot = warp_logits(logits, 2.0, 0, 1.0).exp()
+    assert torch.allclose(hot, torch.softmax(logits / 2, -1))
+    top2 = warp_logits(logits, 1.0, 2, 1.0).exp()
+    assert torch.allclose(top2, torch.tensor([[2 / 3, 1 / 3, 0.0, 0.0]]))
+    # nucleus 0.7: 0.5 alone is below it, 0.5 + 0.25 crosses it, so two tokens stay
+    nucleus = warp_logits(logits, 1.0, 0, 0.7).exp()
+    assert torch.allclose(nucleus, torch.tensor([[2 / 3, 1 / 3, 0.0, 0.0]]))
+    assert torch.allclose(warp_logits(logits, 1.0, 0, 0.4).exp(), torch.tensor([[1.0, 0, 0, 0]]))
+
+
+def test_completion_lengths_stop_after_eos_and_before_padding() -> None:
+    eos, pad = 9, 0
+    tokens = torch.tensor([[5, 6, 9, 7], [5, 6, 7, 8], [5, 0, 0, 0], [9, 0, 0, 0]])
+    assert completion_lengths(tokens, eos, pad).tolist() == [3, 4, 1, 1]
+
+
+def _batch(score: list[float]) -> Batch:
+    mask = torch.tensor([[1.0, 1.0, 0.0]] * 4)
+    return Batch(
+        input_ids=torch.zeros(4, 3, dtype=torch.long),
+        attention_mask=torch.ones(4, 3, dtype=torch.long),
+        mask=mask,
+        group_size=2,
+        score=torch.tensor(score),
+        ref_logprobs=torch.full((4, 3), -1.0),
+    )
+
+
+def test_rloo_advantages_are_leave_one_out_on_every_token() -> None:
+    batch = _batch([1.0, 3.0, 0.0, 2.0])
+    old_lp = torch.full((4, 3), -0.5)  # k1 = 0.5 per token, 1.0 per sequence
+    t = TrainingConfig(estimator="rloo", samples_per_prompt=2)
+    adv, returns = advantages(batch, old_lp, None, t, beta=0.5)
+    expected = rloo_advantages((batch.score - 0.5).view(2, 2)).flatten()
+    assert returns is None
+    assert torch.allclose(adv, expected[:, None] * batch.mask)
+
+
+def test_ppo_advantages_are_whitened_gae_with_value_targets() -> None:
+    batch = _batch([1.0, 3.0, 0.0, 2.0])
+    values = torch.zeros(4, 3)
+    t = TrainingConfig(gae_lambda=1.0)
+    adv, returns = advantages(batch, torch.full((4, 3), -1.0), values, t, beta=0.5)
+    on = batch.mask.bool()
+    assert adv[on].mean().abs() < 1e-6 and (adv[~on] == 0).all()
+    # no KL (pi = pi_ref), gamma = lambda = 1, V = 0: every token's return is the score
+    assert torch.allclose(returns[:, 0], batch.score) and torch.allclose(returns[:, 1], batch.score)
+    lam = advantages(batch, torch.full((4, 3), -1.0), values, TrainingConfig(), 0.5)[1]
+    assert torch.allclose(lam[:, 0], 0.95 * batch.score)  # lambda = 0.95 discounts the score
+
+
+def test_deepspeed_config_follows_the_training_section() -> None:
+    cfg = deepspeed_config(TrainingConfig(zero_stage=3, cpu_offload=True), 8, bf16=True)
+    zero = cfg["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_param_persistence_threshold"] == 0
+    assert zero["offload_optimizer"] == {"device": "cpu"} and zero["offload_param"]["device"]
+    assert cfg["bf16"]["enabled"] and cfg["train_micro_batch_size_per_gpu"] == 8
+    plain = deepspeed_config(TrainingConfig(zero_stage=2), 4, bf16=False)
+    assert "offload_optimizer" not in plain["zero_optimization"] and not plain["bf16"]["enabled"]
+
+
+def test_value_slice_lines_up_with_the_completion_tokens(tiny_path) -> None:
+    """lm_task.forward: the value of completion token t is read at the position that predicts
+    it, like its log-probability."""
+    from vbon.config import ModelConfig
+    from vbon.models import load_causal_lm
+    from vbon.models.logprobs import forward_logprobs
+    from vbon.training.lm_task import LanguageModelTask, PolicyModel
+
+    lm = load_causal_lm(ModelConfig(name_or_path=str(tiny_path)))
+    policy = PolicyModel(lm, value_head=True)
+    torch.nn.init.normal_(policy.value_head.weight)
+    ids = torch.tensor([[0, 5, 6, 7, 8, 9], [3, 4, 5, 6, 7, 8]])
+    att = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    batch = Batch(ids, att, torch.ones(2, 3), group_size=1)
+    task = LanguageModelTask.__new__(LanguageModelTask)
+    task.cfg = type("C", (), {"sampling": type("S", (), {"temperature": 1.0})})()
+    logprobs, values = task.forward(policy, batch)
+    _, full_values = policy(ids, att)
+    assert torch.allclose(values, full_values[:, 2:5], atol=1e-5)
+    assert torch.allclose(logprobs, forward_logprobs(lm, ids, att, 3, 1.0), atol=1e-5)
+
+
+def test_registry_labels_families_and_weights() -> None:
+    assert method_label("vbon") == "vBoN (l1)" and method_family("vBoN (l1)") == "vBoN"
+    assert method_label("kl_rl", beta=0.1) == "KL-RL beta=0.1"
+    assert method_family("KL-RL beta=0.1") == "KL-RL"
+    assert method_family("BoN distill") == "distill" and method_family("mine") == "other"
+    for method in METHODS.values():
+        assert method.uses_rollouts or method.uses_cached
+        assert (method.kl is not None) == method.uses_rollouts
+    w = best_of_first_n_weights(torch.tensor([[0.1, 0.9, 0.9, 5.0]]), 3)
+    assert w.tolist() == [[0.0, 1.0, 0.0, 0.0]]  # the best of the first 3, first on ties
+    with pytest.raises(ValueError, match="unknown method"):
+        method_label("dpo")
