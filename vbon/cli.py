@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -75,8 +76,6 @@ def _policies(specs: list[str]) -> dict[str, Path]:
 
 def _show_results(out: Path) -> None:
     """The summary and one example from results.json."""
-    import json
-
     from vbon.evaluation.report import summary
 
     results = json.loads((out / "results.json").read_text())
@@ -132,17 +131,28 @@ def _serve_until_interrupted() -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """Serve MODEL_DIR, or without it the workflow's serving stage (training first if needed)."""
     from vbon.ray_runtime import ray_session
     from vbon.serving.launch import serve_model
+    from vbon.workflow import local_run_dir, run_workflow
 
-    cfg = load_workflow(args.workflow) if args.workflow else WorkflowConfig()
+    if args.model_dir is None:
+        cfg = load_workflow(args.workflow or DEFAULT_WORKFLOW)
+    else:
+        cfg = load_workflow(args.workflow) if args.workflow else WorkflowConfig()
     overrides = {
         k: v for k, v in (("host", args.host), ("port", args.port), ("bon_n", args.bon)) if v
     }
     raw = cfg.model_dump(mode="json")
     cfg = parse_workflow({**raw, "serving": {**raw["serving"], **overrides}}, "command line")
-    with ray_session(cfg.resources, args.verbose):
-        info = serve_model(cfg, args.model_dir, args.name)
+    with ray_session(cfg.resources, args.verbose, local_run_dir(cfg)):
+        if args.model_dir is None:
+            record = run_workflow(cfg, target="serving")
+            info = record["stages"]["serving"]
+            if info["status"] == "skipped":  # up already in this cluster: read its manifest
+                info = json.loads((local_run_dir(cfg) / "serve" / "manifest.json").read_text())
+        else:
+            info = serve_model(cfg, args.model_dir, args.name)
         mode = f"BoN N={cfg.serving.bon_n}" if cfg.serving.bon_n else "one sample per request"
         print(f"serving {info['model']} ({mode}) at {info['url']}/v1  (Ctrl-C stops)")
         print(info["example"], flush=True)
@@ -151,8 +161,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Every stage of the workflow in order, skipping those whose inputs are unchanged."""
-    import json
-
     from vbon.ray_runtime import ray_session
     from vbon.workflow import local_run_dir, run_workflow
 
@@ -252,7 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_evaluate)
     p = sub.add_parser("serve", help="an autoscaled OpenAI-compatible endpoint on Ray Serve")
-    p.add_argument("model_dir", help="a model folder (e.g. RUN_DIR/NAME/train/model)")
+    p.add_argument(
+        "model_dir",
+        nargs="?",
+        help="a model folder; omitted: the workflow's trained policy (its stages run as needed)",
+    )
     p.add_argument("--workflow", type=Path, help="workflow whose serving/reward sections apply")
     p.add_argument("--bon", type=int, metavar="N", help="serve Best-of-N over MODEL_DIR instead")
     p.add_argument("--host", help="bind address (default serving.host, 127.0.0.1)")

@@ -76,9 +76,10 @@ def pareto_plot(rows: list[dict], metric: str, label: str, png: Path, title: str
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     bon = sorted((r for r in rows if r["kind"] == "bon"), key=lambda r: r["kl"]["mean"])
     if bon:
+        curve = [r for r in rows if r["kind"] == "reference"] + bon  # BoN at N = 1 is pi_ref
         ax.plot(
-            [r["kl"]["mean"] for r in bon],
-            [r[metric]["mean"] for r in bon],
+            [r["kl"]["mean"] for r in curve],
+            [r[metric]["mean"] for r in curve],
             "-o",
             color="0.45",
             label="BoN: the target (N on the labels)",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vbon.config import WorkflowConfig
 from vbon.errors import VbonError
-from vbon.manifest import config_hash, is_complete, read_manifest, write_json_atomic
+from vbon.manifest import begin, config_hash, finish, is_complete, read_manifest, write_json_atomic
 from vbon.run_store import is_uri, pull, push, staging_dir
 
 
@@ -99,14 +99,10 @@ def _run_evaluation(cfg: WorkflowConfig, run_dir: Path) -> dict:
 def _run_serving(cfg: WorkflowConfig, run_dir: Path) -> dict:
     from vbon.serving.launch import serve_model
 
-    info = serve_model(cfg, run_dir / "train" / "model")
     folder = run_dir / "serve"
-    folder.mkdir(parents=True, exist_ok=True)
-    key = _serving_key(cfg, run_dir)
-    write_json_atomic(
-        folder / "manifest.json",
-        {"stage": "serving", "config_hash": key, "status": "complete", **info},
-    )
+    manifest = begin(folder, "serving", _serving_key(cfg, run_dir))
+    info = serve_model(cfg, run_dir / "train" / "model")
+    finish(folder, manifest, **info)
     return info
 
 
