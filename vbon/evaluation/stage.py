@@ -122,7 +122,7 @@ def _cost(samples: Path, policy: Path, seconds: dict, n: int) -> dict:
     """What it took to make the policy (reference sampling and training seconds, from their
     manifests) against what BoN costs per served request, and the break-even point."""
     sampled = (read_manifest(samples) or {}).get("timing", {})
-    trained = read_manifest(Path(policy).parent) or {}
+    trained = read_manifest(policy, MODEL_IDENTITY) or {}  # written by `vbon train`
     one_time = sampled.get("sampling_s", float("nan")) + trained.get("wall_s", float("nan"))
     return {
         "sampling_s": sampled.get("sampling_s", float("nan")),
