@@ -29,7 +29,12 @@ from vbon.core.cdf import empirical_masses
 from vbon.core.losses import rloo_advantages
 from vbon.methods import METHODS
 from vbon.models import load_causal_lm, load_tokenizer
-from vbon.models.logprobs import append_completions, completion_logprobs, positions
+from vbon.models.logprobs import (
+    append_completions,
+    completion_logprobs,
+    last_positions,
+    positions,
+)
 from vbon.sampling.stage import read_samples
 from vbon.training.lm_task import select_trainable
 
@@ -86,7 +91,10 @@ def main() -> None:
         )
         width = mask.shape[1]
         logits = lm(
-            input_ids=ids, attention_mask=att, position_ids=positions(att), logits_to_keep=width + 1
+            input_ids=ids,
+            attention_mask=att,
+            position_ids=positions(att),
+            logits_to_keep=last_positions(ids, width + 1),
         ).logits
         logprob = completion_logprobs(logits, ids, width, cfg.sampling.temperature)
         loss = -(weights[:, None].float() * logprob * mask).sum() / mask.sum()

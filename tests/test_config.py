@@ -55,7 +55,7 @@ BAD = [
     ({"sampling": {"batch_size": 8}}, "sampling: key 'batch_size' was renamed: use sampling.shard"),
     ({"training": {"algorithm": "bon_sft", "beta": 0.1}}, "'bon_sft' has no KL coefficient"),
     ({"training": {"algorithm": "bon_sft", "distill_steps": 2}}, "has no RL term"),
-    ({"training": {"distill_steps": 100, "steps": 100}}, "distill_steps (100) must be below"),
+    ({"training": {"distill_steps": 100, "steps": 100}}, "reference_steps (100) must be below"),
     ({"training": {"algorithm": "kl_rl"}}, "training: algorithm 'kl_rl' needs training.beta"),
     ({"training": {"beta": 0.1}}, "training: algorithm 'vbon' fixes beta = 1/(N-1)"),
     ({"serving": {"min_replicas": 3, "max_replicas": 2}}, "serving.min_replicas (3) exceeds"),

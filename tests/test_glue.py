@@ -9,23 +9,43 @@ import torch
 from vbon.config import TrainingConfig
 from vbon.core.losses import rloo_advantages
 from vbon.methods import METHODS, best_of_first_n_weights, method_family, method_label
-from vbon.sampling.generate import completion_lengths, warp_logits
+from vbon.sampling.generate import completion_lengths, inverse_cdf_sample, sampling_probs
 from vbon.training.engine import deepspeed_config
 from vbon.training.task import Batch
 from vbon.training.update import advantages
 
 
-def test_warp_logits_temperature_top_k_and_top_p() -> None:
+def test_sampling_probs_temperature_top_k_and_top_p() -> None:
     logits = torch.log(torch.tensor([[0.5, 0.25, 0.15, 0.1]]))
-    assert torch.allclose(warp_logits(logits, 1.0, 0, 1.0).exp(), logits.exp())
-    hot = warp_logits(logits, 2.0, 0, 1.0).exp()
+    assert torch.allclose(sampling_probs(logits, 1.0, 0, 1.0), logits.exp())
+    hot = sampling_probs(logits, 2.0, 0, 1.0)
     assert torch.allclose(hot, torch.softmax(logits / 2, -1))
-    top2 = warp_logits(logits, 1.0, 2, 1.0).exp()
+    top2 = sampling_probs(logits, 1.0, 2, 1.0)
     assert torch.allclose(top2, torch.tensor([[2 / 3, 1 / 3, 0.0, 0.0]]))
     # nucleus 0.7: 0.5 alone is below it, 0.5 + 0.25 crosses it, so two tokens stay
-    nucleus = warp_logits(logits, 1.0, 0, 0.7).exp()
+    nucleus = sampling_probs(logits, 1.0, 0, 0.7)
     assert torch.allclose(nucleus, torch.tensor([[2 / 3, 1 / 3, 0.0, 0.0]]))
-    assert torch.allclose(warp_logits(logits, 1.0, 0, 0.4).exp(), torch.tensor([[1.0, 0, 0, 0]]))
+    assert torch.allclose(sampling_probs(logits, 1.0, 0, 0.4), torch.tensor([[1.0, 0, 0, 0]]))
+
+
+def test_inverse_cdf_sampler_draws_q_row_by_row_from_its_own_seed() -> None:
+    q = torch.tensor([[0.5, 0.0, 0.3, 0.2], [0.0, 0.0, 0.0, 1.0]])
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    draws = torch.stack([inverse_cdf_sample(q, gens) for _ in range(20_000)])
+    freq = torch.stack([(draws[:, 0] == v).float().mean() for v in range(4)])
+    assert torch.allclose(freq, q[0], atol=0.015) and freq[1] == 0  # zero mass never drawn
+    assert (draws[:, 1] == 3).all()
+    # a row's draws depend on its own generator only, not on its batch neighbours
+    alone = [torch.Generator().manual_seed(1)]
+    solo = torch.stack([inverse_cdf_sample(q[:1], alone) for _ in range(20_000)])
+    assert torch.equal(solo[:, 0], draws[:, 0])
+    # across blocks of the two-level search, and with a vocabulary that is not a block multiple
+    wide = torch.zeros(1, 10)
+    wide[0, [1, 4, 9]] = torch.tensor([0.2, 0.5, 0.3])
+    g = [torch.Generator().manual_seed(3)]
+    picks = torch.cat([inverse_cdf_sample(wide, g, block=4) for _ in range(20_000)])
+    freq = torch.bincount(picks, minlength=10).float() / len(picks)
+    assert torch.allclose(freq, wide[0], atol=0.015)
 
 
 def test_completion_lengths_stop_after_eos_and_before_padding() -> None:

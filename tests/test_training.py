@@ -240,18 +240,21 @@ def test_step_prompts_cover_every_prompt_once_per_epoch() -> None:
 
 
 @pytest.mark.parametrize(
-    ("levels", "run", "bound"),
+    ("levels", "run", "bound", "reference_steps"),
     [
-        (None, ToyRun("vbon_exact", n=4), 0.01),
-        (13, ToyRun("vbon", n=8, m=300), 0.05),
+        (None, ToyRun("vbon_exact", n=4), 0.01, 0),
+        (13, ToyRun("vbon", n=8, m=300), 0.05, 0),
+        (13, ToyRun("vbon", n=8, m=300), 0.05, 750),
     ],
-    ids=["distinct-exact-cdf", "13-tied-levels-fhat-m300"],
+    ids=["distinct-exact-cdf", "13-tied-levels-fhat-m300", "tied-half-steps-on-reference-samples"],
 )
 def test_toy_world_through_the_distributed_trainer_matches_single_process(
-    tmp_path: Path, levels: int | None, run: ToyRun, bound: float
+    tmp_path: Path, levels: int | None, run: ToyRun, bound: float, reference_steps: int
 ) -> None:
     """vBoN in the enumerable toy world: 2 Ray Train workers with DeepSpeed reach the same
-    KL(pi || pi_BoN) as the single-process harness, with distinct rewards and with heavy ties."""
+    KL(pi || pi_BoN) as the single-process harness, with distinct rewards and with heavy ties;
+    also when the first half of the steps take the objective on reference samples
+    (importance-weighted), where pi has already moved far from pi_ref."""
     task = ToyTask(run, levels=levels)
     task.setup(torch.device("cpu"))
     seqs = all_sequences(task.vocab, task.length)
@@ -269,6 +272,7 @@ def test_toy_world_through_the_distributed_trainer_matches_single_process(
         samples_per_prompt=run.batch_size // 2,
         zero_stage=2,
         checkpoint_every=run.steps,
+        reference_steps=reference_steps,
     )
     job = TrainJob(
         training, 1 / (run.n - 1), lambda: ToyTask(run, levels=levels), str(tmp_path / "log")
@@ -278,3 +282,7 @@ def test_toy_world_through_the_distributed_trainer_matches_single_process(
     distributed = kl(TabularPolicy(task.vocab, task.length, logits).probs(), target)
     assert single <= bound and distributed <= bound
     assert abs(distributed - single) <= 0.01
+    steps = read_steps(tmp_path / "log" / "metrics.jsonl")
+    assert ["ess" in s for s in steps] == [True] * reference_steps + [False] * (
+        run.steps - reference_steps
+    )

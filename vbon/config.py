@@ -124,8 +124,10 @@ class TrainingConfig(_Section):
     """Policy optimisation. `algorithm` names a method of `vbon.methods.METHODS`: the vBoN ones
     use beta = 1/(N-1); `kl_rl` uses `beta` on the raw reward. `estimator` is the advantage
     estimator of the RL term (the optimiser is AdamW). `jeffreys_lambda` weighs the forward KL
-    of `jeffreys`; `distill_steps` > 0 warm-starts an RL method with that many `bon_distill` steps
-    (they come first and count towards `steps`). Every `eval_every` steps (0: never) the policy's
+    of `jeffreys`; `distill_steps` > 0 warm-starts an RL method with that many `bon_distill` steps;
+    `reference_steps` > 0 then takes that many steps of the method's own RL objective on the cached
+    reference samples (`samples_per_prompt` of each prompt's M, importance-weighted by pi / pi_ref:
+    no generation). Both come first and count towards `steps`. Every `eval_every` steps (0: never) the policy's
     win rate on `eval_prompts` held-out prompts is logged: the learning curve against BoN."""
 
     renamed: ClassVar[dict[str, str]] = {
@@ -139,6 +141,7 @@ class TrainingConfig(_Section):
     beta: float | None = Field(None, gt=0.0)
     jeffreys_lambda: float = Field(0.5, ge=0.0, le=1.0)
     distill_steps: int = Field(0, ge=0)
+    reference_steps: int = Field(0, ge=0)
     learning_rate: float = Field(1e-5, gt=0.0, lt=1.0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     max_grad_norm: float = Field(1.0, ge=0.0)
@@ -179,13 +182,21 @@ class TrainingConfig(_Section):
             )
         if method.uses_rollouts and self.estimator == "rloo" and self.samples_per_prompt < 2:
             raise ValueError("estimator 'rloo' needs training.samples_per_prompt >= 2")
-        if self.distill_steps and not method.uses_rollouts:
+        for key in ("distill_steps", "reference_steps"):
+            if getattr(self, key) and not method.uses_rollouts:
+                raise ValueError(
+                    f"training.{key} warm-starts an RL method; '{self.algorithm}' has no RL term"
+                )
+        if self.reference_steps and (self.estimator != "rloo" or method.uses_cached):
             raise ValueError(
-                f"training.distill_steps warm-starts an RL method; '{self.algorithm}' has no RL term"
+                "training.reference_steps importance-weights whole sequences: it needs "
+                "training.estimator: rloo and a method without a cached term (vbon, vbon_exact, "
+                "kl_rl)"
             )
-        if self.distill_steps >= self.steps:
+        if self.distill_steps + self.reference_steps >= self.steps:
             raise ValueError(
-                f"training.distill_steps ({self.distill_steps}) must be below training.steps "
+                f"training.distill_steps + reference_steps "
+                f"({self.distill_steps + self.reference_steps}) must be below training.steps "
                 f"({self.steps}): the warm start counts towards the steps"
             )
         return self

@@ -14,6 +14,7 @@ CURVES = [
     ("reward", "mean raw reward"),
     ("score", "mean training score"),
     ("kl", "KL to reference"),
+    ("ess", "importance ESS / k (reference steps)"),
     ("loss", "loss"),
 ]
 

@@ -116,6 +116,26 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     return rewards - (rewards.sum(-1, keepdim=True) - rewards) / (k - 1)
 
 
+def snis_advantages(total: torch.Tensor, seq_logratio: torch.Tensor) -> torch.Tensor:
+    """Policy-gradient weights for k samples per prompt drawn from pi_ref, not from pi.
+
+    The RL objective J = E_pi[R] = E_ref[rho R], rho = pi(y) / pi_ref(y), is estimated by
+    self-normalised importance sampling, w_j = rho_j / sum_i rho_i, and its score-function
+    gradient sum_j w_j (R_j - R_bar) grad log pi(y_j), R_bar = sum_i w_i R_i, is returned as
+    A_j = k w_j (R_j - R_bar): at pi = pi_ref it is R_j minus the group mean, the on-policy
+    advantage. total: R [P, k]; seq_logratio: log rho [P, k]."""
+    w = torch.softmax(seq_logratio, dim=-1)
+    baseline = (w * total).sum(-1, keepdim=True)
+    return total.shape[-1] * w * (total - baseline)
+
+
+def effective_sample_fraction(seq_logratio: torch.Tensor) -> torch.Tensor:
+    """Kish's effective sample size of the importance weights over k, per prompt [P]:
+    (sum rho)^2 / (k sum rho^2); 1 at pi = pi_ref, towards 1/k as pi leaves it."""
+    w = torch.softmax(seq_logratio, dim=-1)
+    return 1.0 / (seq_logratio.shape[-1] * (w**2).sum(-1))
+
+
 def sequence_kl_penalized_reward(
     score: torch.Tensor,
     logprob: torch.Tensor,

@@ -1,14 +1,16 @@
 """Batched sampling with per-row seeds, recording each token's log-probability.
 
-`generate` draws every sequence with its own `torch.Generator` through the Gumbel-max trick
-(argmax(log q + G) ~ q, q the temperature/top-k/top-p distribution of `warp_logits`): a row's
-sample depends on its seed alone, not on which other prompts share its batch, nor on how many
-actors ran. It is the one sampler of vbon: reference sampling, training rollouts, evaluation and
+`generate` draws every sequence with its own `torch.Generator` by inversion: one uniform u per
+row and step, and the first token whose cumulative probability under q (the temperature / top-k /
+top-p distribution of `sampling_probs`) exceeds u. A row's sample depends on its seed alone, not on
+which other prompts share its batch, nor on how many actors ran; one random number per token keeps
+the sampler cheap next to the model. It is the one sampler of vbon: reference sampling, training rollouts, evaluation and
 serving all draw through it.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -31,9 +33,12 @@ def render_prompt(tok: PreTrainedTokenizerBase, text: str, chat_template: bool) 
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def warp_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """log q: temperature, then top-k (0 = off), then nucleus top-p (1 = off), renormalised."""
-    logits = logits / temperature
+def sampling_probs(
+    logits: torch.Tensor, temperature: float, top_k: int, top_p: float
+) -> torch.Tensor:
+    """q: softmax(logits / temperature) after top-k (0 = off), then nucleus top-p (1 = off)."""
+    if temperature != 1.0:
+        logits = logits / temperature
     if 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, -torch.inf)
@@ -43,7 +48,7 @@ def warp_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
         drop_sorted = probs.cumsum(-1) - probs > top_p  # keeps the token that crosses top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, -torch.inf)
-    return torch.log_softmax(logits, dim=-1)
+    return torch.softmax(logits, dim=-1)
 
 
 class SeededSampler(LogitsProcessor):
@@ -54,13 +59,31 @@ class SeededSampler(LogitsProcessor):
         self.cfg = cfg
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        raw = scores.float()
-        log_q = warp_logits(raw, self.cfg.temperature, self.cfg.top_k, self.cfg.top_p)
-        u = torch.stack([torch.rand(raw.shape[-1], generator=g) for g in self.generators])
-        gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
-        choice = (log_q.cpu() + gumbel).argmax(-1, keepdim=True).to(raw.device)
-        forced = torch.full_like(scores, -torch.inf)
-        return forced.scatter(-1, choice, 0.0)
+        q = sampling_probs(scores.float(), self.cfg.temperature, self.cfg.top_k, self.cfg.top_p)
+        choice = inverse_cdf_sample(q.cpu(), self.generators).to(scores.device)
+        return scores.fill_(-torch.inf).scatter_(-1, choice[:, None], 0.0)
+
+
+def inverse_cdf_sample(
+    q: torch.Tensor, generators: list[torch.Generator], block: int = 1024
+) -> torch.Tensor:
+    """One token per row of q [B, V]: the first index whose cumulative probability exceeds
+    u * total, u ~ U[0, 1) from that row's generator. The search runs in two levels (block sums,
+    then one block's cumulative sum, in float64), so a step costs one pass over q. A token of
+    zero probability is never picked: the cumulative sum does not rise there."""
+    rows, vocab = q.shape
+    blocks = (torch.nn.functional.pad(q, (0, -vocab % block)) if vocab % block else q).view(
+        rows, -1, block
+    )
+    block_cdf = blocks.sum(-1, dtype=torch.float64).cumsum(-1)
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
+    target = u * block_cdf[:, -1]
+    b = torch.searchsorted(block_cdf, target[:, None], right=True).clamp_max(blocks.shape[1] - 1)
+    before = torch.where(b > 0, block_cdf.gather(1, (b - 1).clamp_min(0)), 0.0)[:, 0]
+    inner = blocks[torch.arange(rows), b[:, 0]].double().cumsum(-1)
+    rest = torch.minimum(target - before, inner[:, -1] * (1 - 1e-12))
+    j = torch.searchsorted(inner, rest[:, None], right=True)
+    return (b * block + j)[:, 0]
 
 
 @dataclass
@@ -79,6 +102,14 @@ def completion_lengths(tokens: torch.Tensor, eos_id: int, pad_id: int) -> torch.
     first_eos = torch.where(tokens == eos_id, pos, t).min(-1).values
     non_pad = torch.where(tokens != pad_id, pos, -1).max(-1).values
     return torch.minimum(first_eos + 1, non_pad + 1).clamp(0, t)
+
+
+def _last_logits_only(model: PreTrainedModel) -> dict:
+    """Each step's logits at the last position only, as an index tensor (see
+    `vbon.models.logprobs.last_positions`: the int form is 8x slower in bf16 on CPU)."""
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return {}
+    return {"logits_to_keep": torch.tensor([-1], device=model.device)}
 
 
 @torch.no_grad()
@@ -110,6 +141,7 @@ def generate(
     )
     out = model.generate(
         **enc,
+        **_last_logits_only(model),
         generation_config=gen_cfg,
         logits_processor=LogitsProcessorList([sampler]),
         tokenizer=tok if cfg.stop else None,

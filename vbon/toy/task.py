@@ -52,7 +52,17 @@ class ToyTask:
     def rollout(
         self, policy, prompts: list[int], k: int, seed: int, synced: bool, method: Method
     ) -> Batch:
-        seqs = policy.sample(len(prompts) * k, torch.Generator().manual_seed(seed))
+        return self._scored(policy.sample(len(prompts) * k, torch.Generator().manual_seed(seed)), k)
+
+    @torch.no_grad()
+    def reference_rollout(self, prompts: list[int], k: int, seed: int, method: Method) -> Batch:
+        """k fresh reference samples per prompt: the toy world's cache is pi_ref itself."""
+        seqs = self.ref.sample(len(prompts) * k, torch.Generator().manual_seed(seed))
+        batch = self._scored(seqs, k)
+        batch.from_reference = True
+        return batch
+
+    def _scored(self, seqs: torch.Tensor, k: int) -> Batch:
         return Batch(
             input_ids=seqs,
             attention_mask=torch.ones_like(seqs),

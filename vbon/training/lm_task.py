@@ -22,14 +22,21 @@ from vbon.models.logprobs import (
     append_completions,
     completion_logprobs,
     forward_logprobs,
+    last_positions,
     positions,
 )
 from vbon.rewards import build_scorer
 from vbon.sampling.generate import generate, render_prompt, row_seed
 from vbon.sampling.stage import read_samples
 from vbon.training.task import Batch
+from vbon.training.timing import phase
 
 HELDOUT_SEED = 5_555_555  # the learning curve's samples: fixed, distinct from every other seed
+
+
+def _pairs(picks: torch.Tensor) -> list[tuple[int, int]]:
+    """(prompt, sample) index pairs of a [P, k] pick matrix, prompt-major."""
+    return [(i, int(j)) for i, row in enumerate(picks) for j in row]
 
 
 class PolicyModel(nn.Module):
@@ -54,7 +61,7 @@ class PolicyModel(nn.Module):
             attention_mask=attention_mask,
             position_ids=positions(attention_mask),
             output_hidden_states=self.value_head is not None,
-            logits_to_keep=logits_to_keep,
+            logits_to_keep=last_positions(input_ids, logits_to_keep),
         )
         values = None
         if self.value_head is not None:
@@ -129,11 +136,19 @@ class LanguageModelTask:
         chat = self.cfg.data.chat_template
         rendered = [render_prompt(self.tok, r["prompt"], chat) for r in rows]
         seeds = [[row_seed(seed, r["prompt_id"], j) for j in range(k)] for r in rows]
-        out = generate(
-            policy.lm, self.tok, rendered, seeds, self.cfg.sampling, not chat, synced_gpus=synced
-        )
+        with phase("generate"):
+            out = generate(
+                policy.lm,
+                self.tok,
+                rendered,
+                seeds,
+                self.cfg.sampling,
+                not chat,
+                synced_gpus=synced,
+            )
         texts = [r["prompt"] for r in rows for _ in range(k)]
-        rewards = torch.tensor(self.scorer.score(texts, out.texts), dtype=torch.float64)
+        with phase("reward"):
+            rewards = torch.tensor(self.scorer.score(texts, out.texts), dtype=torch.float64)
         return out, rewards.view(len(rows), k)
 
     @torch.no_grad()
@@ -142,22 +157,52 @@ class LanguageModelTask:
     ) -> Batch:
         rows = [self.rows[i] for i in prompts]
         out, rewards = self._sample(policy, rows, k, seed, synced)
-        batch = self._batch(rows, k, out.token_ids, rewards=rewards.flatten()).to(self.device)
-        batch.ref_logprobs = forward_logprobs(
-            self.reference,
-            batch.input_ids,
-            batch.attention_mask,
-            batch.mask.shape[1],
-            self.cfg.sampling.temperature,
+        ref, ref_mask = self._reference_rewards(rows)
+        p_lt, p_le = empirical_masses(rewards, ref, ref_mask)
+        return self._scored(rows, k, out.token_ids, rewards, p_lt, p_le, method)
+
+    @torch.no_grad()
+    def reference_rollout(self, prompts: list[int], k: int, seed: int, method: Method) -> Batch:
+        g = torch.Generator().manual_seed(seed)
+        rows = [self.rows[i] for i in prompts]
+        ref, ref_mask = self._reference_rewards(rows)
+        picks = torch.stack([torch.randperm(int(m), generator=g)[:k] for m in ref_mask.sum(-1)])
+        rewards = ref.gather(1, picks)
+        others = ref_mask.clone().unsqueeze(1).repeat(1, k, 1)  # each pick's own reward left out
+        others.scatter_(-1, picks.unsqueeze(-1), False)
+        p_lt, p_le = empirical_masses(
+            rewards.reshape(-1, 1),
+            ref.repeat_interleave(k, 0),
+            others.reshape(-1, ref.shape[1]),
         )
-        seq_ref = (batch.ref_logprobs * batch.mask).sum(-1).double().cpu().view(len(rows), k)
+        ids = [rows[i]["token_ids"][j] or [self.tok.eos_token_id] for i, j in _pairs(picks)]
+        batch = self._scored(rows, k, ids, rewards, p_lt.view(-1, k), p_le.view(-1, k), method)
+        batch.from_reference = True
+        return batch
+
+    @staticmethod
+    def _reference_rewards(rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each prompt's M reference rewards [P, M_max], padded, and their mask."""
         ref = nn.utils.rnn.pad_sequence(
             [torch.tensor(r["rewards"], dtype=torch.float64) for r in rows], batch_first=True
         )
         ref_mask = nn.utils.rnn.pad_sequence(
             [torch.ones(len(r["rewards"]), dtype=torch.bool) for r in rows], batch_first=True
         )
-        p_lt, p_le = empirical_masses(rewards, ref, ref_mask)
+        return ref, ref_mask
+
+    def _scored(self, rows, k, token_ids, rewards, p_lt, p_le, method: Method) -> Batch:
+        """The RL batch: completions after their prompts, pi_ref's log-probabilities, the score."""
+        batch = self._batch(rows, k, token_ids, rewards=rewards.flatten()).to(self.device)
+        with phase("reference"):
+            batch.ref_logprobs = forward_logprobs(
+                self.reference,
+                batch.input_ids,
+                batch.attention_mask,
+                batch.mask.shape[1],
+                self.cfg.sampling.temperature,
+            )
+        seq_ref = (batch.ref_logprobs * batch.mask).sum(-1).double().cpu().view(len(rows), k)
         score = method.score(rewards, p_lt, p_le, seq_ref, self.cfg.n)
         batch.score = score.flatten().float().to(self.device)
         return batch

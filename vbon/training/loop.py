@@ -135,6 +135,7 @@ def train_loop(config: dict) -> None:
     from vbon.core.bon import bon_pick_probs
     from vbon.methods import get_method
     from vbon.training import engine as ds
+    from vbon.training import timing
     from vbon.training.update import cached_step, rl_step
 
     ctx = ray.train.get_context()
@@ -169,6 +170,9 @@ def train_loop(config: dict) -> None:
         k = t.samples_per_prompt
         if step < t.distill_steps:  # warm start: BoN distillation on the cached samples
             metrics = cached_step(engine, task, task.cached(prompts, bon_pick_probs, k, seed), t)
+        elif step < t.distill_steps + t.reference_steps:  # the RL objective on cached samples
+            batch = task.reference_rollout(prompts, k, seed, method)
+            metrics = rl_step(engine, task, batch, t, job.beta)
         elif not method.uses_rollouts:
             batch = task.cached(prompts, method.cached_weights, k, seed)
             metrics = cached_step(engine, task, batch, t)
@@ -179,7 +183,7 @@ def train_loop(config: dict) -> None:
             )
             metrics = rl_step(engine, task, batch, t, job.beta, cached)
         elapsed = time.perf_counter() - began
-        metrics |= {
+        metrics |= timing.take() | {
             "step_s": elapsed,
             "tokens_per_s": metrics["tokens"] / elapsed,
             "lr": engine.get_lr()[0],

@@ -51,7 +51,7 @@ def training_hash(cfg: WorkflowConfig) -> str:
     )
 
 
-SHOWN = ("reward", "score", "kl", "loss", "heldout_win_rate", "step_s")
+SHOWN = ("reward", "score", "kl", "ess", "loss", "heldout_win_rate", "step_s")
 
 
 @contextmanager

@@ -26,7 +26,8 @@ class Batch:
     `input_ids`/`attention_mask` are [B, S] (prompt then completion); `mask` is [B, T] and marks
     the completion tokens, the last T positions of `input_ids`. `ref_logprobs` [B, T] and `score`
     [B] (the reward the step maximises) are None for batches of cached samples, which carry
-    `weights` [B] instead.
+    `weights` [B] instead. `from_reference`: the rows were drawn from pi_ref, not from the policy
+    (an RL batch of cached samples, importance-weighted by the update).
     """
 
     input_ids: torch.Tensor
@@ -37,6 +38,7 @@ class Batch:
     score: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
     weights: torch.Tensor | None = None
+    from_reference: bool = False
 
     def to(self, device: torch.device | str) -> Batch:
         moved = {
@@ -59,6 +61,10 @@ class Task(Protocol):
     ) -> Batch:
         """k samples per prompt from the current policy, scored by `method.score`. `synced`:
         ZeRO-3 generation (every rank generates together)."""
+
+    def reference_rollout(self, prompts: list[int], k: int, seed: int, method: Method) -> Batch:
+        """Like `rollout`, but k of each prompt's cached reference samples (drawn without
+        replacement), scored against the other M - 1 (`from_reference=True`)."""
 
     def cached(self, prompts: list[int], weights: WeightFn, k: int, seed: int) -> Batch:
         """k weighted draws per prompt from its cached reference samples (`Batch.weights`)."""

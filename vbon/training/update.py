@@ -9,6 +9,7 @@ import torch
 
 from vbon.config import TrainingConfig
 from vbon.core.losses import (
+    effective_sample_fraction,
     gae_advantages,
     kl_k1,
     kl_penalized_rewards,
@@ -16,10 +17,12 @@ from vbon.core.losses import (
     ppo_policy_loss,
     rloo_advantages,
     sequence_kl_penalized_reward,
+    snis_advantages,
     value_loss,
     weighted_nll,
 )
 from vbon.training.task import Batch, Task
+from vbon.training.timing import phase
 
 
 def advantages(
@@ -32,7 +35,8 @@ def advantages(
     """Per-token advantages [B, T] and value targets (None for RLOO). PPO: GAE over per-token
     rewards -beta kl_t (+ the score on the last token), whitened. RLOO: the leave-one-out
     advantage of R(y) = score - beta sum_t kl_t, on every token of y (not whitened, so the
-    loss keeps the scale of the objective's gradient)."""
+    loss keeps the scale of the objective's gradient). On rows drawn from pi_ref the RLOO
+    baseline becomes the self-normalised importance-sampling one (`snis_advantages`)."""
     mask = batch.mask
     if t.estimator == "ppo":
         rewards = kl_penalized_rewards(
@@ -43,8 +47,17 @@ def advantages(
     total = sequence_kl_penalized_reward(
         batch.score, old_lp, batch.ref_logprobs, mask, beta, t.kl_estimator
     )
-    adv = rloo_advantages(total.view(-1, batch.group_size)).flatten()
+    groups = total.view(-1, batch.group_size)
+    if batch.from_reference:
+        adv = snis_advantages(groups, _seq_logratio(batch, old_lp).view_as(groups)).flatten()
+    else:
+        adv = rloo_advantages(groups).flatten()
     return adv[:, None].expand_as(mask) * mask, None
+
+
+def _seq_logratio(batch: Batch, logprob: torch.Tensor) -> torch.Tensor:
+    """log pi(y) - log pi_ref(y) per row [B]."""
+    return ((logprob - batch.ref_logprobs) * batch.mask).sum(-1)
 
 
 def rl_step(
@@ -64,7 +77,8 @@ def rl_step(
     mask = batch.mask
     lam = t.jeffreys_lambda if cached is not None else 0.0
     for epoch in range(t.update_epochs):
-        logprob, values = task.forward(engine, batch)
+        with phase("forward"):
+            logprob, values = task.forward(engine, batch)
         if epoch == 0:
             old_lp = logprob.detach()
             old_values = None if values is None else values.detach()
@@ -74,18 +88,22 @@ def rl_step(
         if values is not None:
             loss = loss + t.value_coef * value_loss(values, old_values, returns, mask)
         if cached is not None:
-            fwd = weighted_nll(task.forward(engine, cached)[0], cached.mask, cached.weights)
+            with phase("forward"):
+                fwd = weighted_nll(task.forward(engine, cached)[0], cached.mask, cached.weights)
             loss = lam * fwd + (1 - lam) / beta * loss
-        engine.backward(loss)
-        engine.step()
+        with phase("backward"):
+            engine.backward(loss)
+        with phase("optimizer"):
+            engine.step()
+    metrics = {"loss": loss.item(), "clip_frac": float(clip_frac), "tokens": float(mask.sum())}
+    if batch.from_reference:  # the rows are pi_ref's: their reward says nothing of pi
+        ratio = _seq_logratio(batch, old_lp).view(-1, batch.group_size)
+        return metrics | {"ess": float(effective_sample_fraction(ratio).mean())}
     kl = (kl_k1(old_lp, batch.ref_logprobs) * mask).sum(-1)
-    return {
-        "loss": loss.item(),
-        "clip_frac": float(clip_frac),
+    return metrics | {
         "reward": float(batch.rewards.mean()),
         "score": float(batch.score.mean()),
         "kl": float(kl.mean()),
-        "tokens": float(mask.sum()),
     }
 
 
@@ -93,8 +111,11 @@ def cached_step(engine, task: Task, batch: Batch, t: TrainingConfig) -> dict[str
     """`update_epochs` steps of weighted maximum likelihood on cached reference samples: BoN-SFT
     (the best of the first N) or BoN distillation (every sample by its chance to be the pick)."""
     for _ in range(t.update_epochs):
-        logprob, _ = task.forward(engine, batch)
-        loss = weighted_nll(logprob, batch.mask, batch.weights)
-        engine.backward(loss)
-        engine.step()
+        with phase("forward"):
+            logprob, _ = task.forward(engine, batch)
+            loss = weighted_nll(logprob, batch.mask, batch.weights)
+        with phase("backward"):
+            engine.backward(loss)
+        with phase("optimizer"):
+            engine.step()
     return {"loss": loss.item(), "tokens": float(batch.mask.sum())}
