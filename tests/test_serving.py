@@ -103,8 +103,13 @@ def test_completions_chat_and_models_with_the_openai_client(url: str) -> None:
 def test_seed_reproducibility_and_stop(url: str) -> None:
     a = _complete(url, prompt="A quiet drama", max_tokens=12, seed=7).json()
     b = _complete(url, prompt="A quiet drama", max_tokens=12, seed=7).json()
-    c = _complete(url, prompt="A quiet drama", max_tokens=12, seed=8).json()
-    assert a["choices"][0]["text"] == b["choices"][0]["text"] != c["choices"][0]["text"]
+    assert a["choices"][0]["text"] == b["choices"][0]["text"]
+    # the tiny model is peaked: other seeds may repeat a's text, but not all of them
+    others = {
+        _complete(url, prompt="A quiet drama", max_tokens=12, seed=s).json()["choices"][0]["text"]
+        for s in range(8, 12)
+    }
+    assert others - {a["choices"][0]["text"]}
     text = a["choices"][0]["text"]
     stop = text.strip()[:2]
     cut = _complete(url, prompt="A quiet drama", max_tokens=12, seed=7, stop=[stop]).json()
