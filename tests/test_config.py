@@ -57,6 +57,11 @@ BAD = [
     ({"training": {"algorithm": "bon_sft", "distill_steps": 2}}, "has no RL term"),
     ({"training": {"distill_steps": 100, "steps": 100}}, "reference_steps (100) must be below"),
     ({"training": {"algorithm": "kl_rl"}}, "training: algorithm 'kl_rl' needs training.beta"),
+    (
+        {"training": {"estimator": "rloo", "reference_steps": 2, "samples_per_prompt": 4}, "m": 4},
+        "set samples_per_prompt <= 3",
+    ),
+    ({"training": {"reference_steps": 2}}, "reference_steps importance-weights whole sequences"),
     ({"training": {"beta": 0.1}}, "training: algorithm 'vbon' fixes beta = 1/(N-1)"),
     ({"serving": {"min_replicas": 3, "max_replicas": 2}}, "serving.min_replicas (3) exceeds"),
     ({"evaluation": {"n_values": [1, 64]}, "m": 16}, "evaluation.n_values [64] exceed m (16)"),

@@ -287,6 +287,13 @@ class WorkflowConfig(_Section):
                 f"training.prompts_per_step ({self.training.prompts_per_step}) must be a multiple "
                 f"of resources.train_workers ({self.resources.train_workers})"
             )
+        t = self.training
+        if t.reference_steps and t.samples_per_prompt > self.m - 1:
+            raise ValueError(
+                f"training.reference_steps draws samples_per_prompt ({t.samples_per_prompt}) of "
+                f"each prompt's m ({self.m}) cached samples and scores each against the others: "
+                f"set samples_per_prompt <= {self.m - 1}"
+            )
         too_big = [k for k in self.evaluation.n_values if k > self.m]
         if too_big:
             raise ValueError(f"evaluation.n_values {too_big} exceed m ({self.m})")
