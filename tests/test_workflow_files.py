@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,16 @@ def test_cluster_launcher() -> None:
     for node in doc["available_node_types"].values():
         assert "node_config" in node and "resources" in node
     assert any("ray start --head" in c for c in doc["head_start_ray_commands"])
+
+
+def test_gpu_smoke_script_and_its_workflow() -> None:
+    """bench/gpu_smoke.sh parses, and its workflow is the GPU path: CUDA workers, bf16, ZeRO-3,
+    served on the port and under the model name that the script requests."""
+    script = ROOT / "bench" / "gpu_smoke.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    cfg = load_workflow(ROOT / "workflows" / "gpu-smoke.yaml")
+    r, t = cfg.resources, cfg.training
+    assert r.gpus_per_worker >= 1 and r.gpus_per_actor >= 1 and cfg.serving.gpus_per_replica >= 1
+    assert cfg.model.dtype == "bfloat16" and t.zero_stage == 3
+    assert f"PORT={cfg.serving.port}" in text and f'"model": "{cfg.name}"' in text
