@@ -29,12 +29,7 @@ from vbon.core.cdf import empirical_masses
 from vbon.core.losses import rloo_advantages
 from vbon.methods import METHODS
 from vbon.models import load_causal_lm, load_tokenizer
-from vbon.models.logprobs import (
-    append_completions,
-    completion_logprobs,
-    last_positions,
-    positions,
-)
+from vbon.models.logprobs import append_completions, model_logprobs
 from vbon.sampling.stage import read_samples
 from vbon.training.lm_task import select_trainable
 
@@ -89,14 +84,7 @@ def main() -> None:
         ids, att, mask = append_completions(
             enc["input_ids"], enc["attention_mask"], completions, tok.pad_token_id
         )
-        width = mask.shape[1]
-        logits = lm(
-            input_ids=ids,
-            attention_mask=att,
-            position_ids=positions(att),
-            logits_to_keep=last_positions(ids, width + 1),
-        ).logits
-        logprob = completion_logprobs(logits, ids, width, cfg.sampling.temperature)
+        logprob = model_logprobs(lm, ids, att, mask.shape[1], cfg.sampling.temperature)
         loss = -(weights[:, None].float() * logprob * mask).sum() / mask.sum()
         return torch.cat([x.flatten() for x in torch.autograd.grad(loss, params)])
 

@@ -36,6 +36,17 @@ def forward_logprobs(
     num_completion: int,
     temperature: float,
 ) -> torch.Tensor:
+    """`model_logprobs` without a graph (a frozen model's log-probabilities)."""
+    return model_logprobs(model, input_ids, attention_mask, num_completion, temperature)
+
+
+def model_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    num_completion: int,
+    temperature: float,
+) -> torch.Tensor:
     """log pi(y_t | x, y_<t) of the last `num_completion` tokens, [B, T]."""
     logits = model(
         input_ids=input_ids,
