@@ -18,3 +18,17 @@ def tiny_path() -> Path:
     from vbon.models.tiny import ensure_tiny
 
     return ensure_tiny()
+
+
+@pytest.fixture(scope="session")
+def llama_path(tmp_path_factory, tiny_path: Path) -> Path:
+    """A 4-block Llama-shaped model (random weights) with the tiny tokenizer, saved like a hub
+    folder: the architecture whose frozen trunk the policy shares with the reference."""
+    from model_helpers import llama
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    folder = tmp_path_factory.mktemp("llama") / "model"
+    llama(vocab=len(tok)).save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder

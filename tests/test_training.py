@@ -20,11 +20,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from vbon.config import ResourcesConfig, TrainingConfig, parse_workflow
 from vbon.core.bon import bon_probs
 from vbon.errors import VbonError
+from vbon.methods import get_method
 from vbon.plots import read_steps
 from vbon.sampling.stage import run_sampling
 from vbon.toy.task import ToyTask
 from vbon.toy.train import ToyRun, train_toy
 from vbon.toy.world import TabularPolicy, all_sequences, kl
+from vbon.training.lm_task import LanguageModelTask
 from vbon.training.loop import TrainJob, step_prompts
 from vbon.training.stage import fit, run_training
 
@@ -149,16 +151,45 @@ def test_distill_warm_start_then_jeffreys_with_a_learning_curve(
     assert (out / "training.png").stat().st_size > 10_000
 
 
-def test_top_layers_freezes_the_rest(samples: Path, tmp_path: Path, tiny_path: Path) -> None:
-    out, _ = _train(samples, tmp_path / "top", trainable="top_layers", top_layers=1, steps=4)
+@pytest.mark.parametrize(
+    "model, trained", [("tiny", "transformer.h.1."), ("llama", "model.layers.3.")]
+)
+def test_top_layers_freezes_the_rest(
+    samples: Path, tmp_path: Path, tiny_path: Path, llama_path: Path, model: str, trained: str
+) -> None:
+    """GPT-2 runs the full forward; the Llama-shaped policy shares the reference's trunk."""
+    base = {"tiny": tiny_path, "llama": llama_path}[model]
+    raw = _raw(trainable="top_layers", top_layers=1, steps=4) | {
+        "model": {"name_or_path": str(base)}
+    }
+    out = run_training(parse_workflow(raw), samples, tmp_path / "top")
     model = AutoModelForCausalLM.from_pretrained(out / "model", use_safetensors=True)
-    ref = AutoModelForCausalLM.from_pretrained(tiny_path)
+    ref = AutoModelForCausalLM.from_pretrained(base)
     changed = {
         name
         for (name, a), (_, b) in zip(model.named_parameters(), ref.named_parameters(), strict=True)
         if not torch.equal(a, b)
     }
-    assert changed and all(name.startswith("transformer.h.1.") for name in changed)
+    assert changed and all(name.startswith(trained) for name in changed)
+
+
+@pytest.mark.parametrize("model, shared", [("tiny", 0), ("llama", 2)])
+def test_the_shared_trunk_gives_the_policy_its_own_logprobs(
+    samples: Path, tiny_path: Path, llama_path: Path, model: str, shared: int
+) -> None:
+    base = {"tiny": tiny_path, "llama": llama_path}[model]
+    raw = _raw(trainable="top_layers", top_layers=2) | {"model": {"name_or_path": str(base)}}
+    task = LanguageModelTask(parse_workflow(raw), str(samples))
+    task.setup(torch.device("cpu"))
+    policy = task.build_policy(value_head=True)
+    assert policy.top_blocks == shared
+    batch = task.rollout(policy, [0, 1], 4, 3, False, get_method("vbon"))
+    assert (batch.trunk is not None) == bool(shared)
+    logprobs, values = task.forward(policy, batch)
+    batch.trunk = None
+    full, full_values = task.forward(policy, batch)
+    assert torch.allclose(logprobs, full, atol=1e-5)
+    assert torch.allclose(values, full_values, atol=1e-5)
 
 
 def _wait_for_step(metrics: Path, step: int, timeout: float = 240) -> None:

@@ -25,6 +25,12 @@ from vbon.models.logprobs import (
     last_positions,
     positions,
 )
+from vbon.models.trunk import (
+    reference_logprobs_and_trunk,
+    shares_trunk,
+    top_forward,
+    transformer_blocks,
+)
 from vbon.rewards import build_scorer
 from vbon.sampling.generate import generate, render_prompt, row_seed
 from vbon.sampling.stage import read_samples
@@ -40,11 +46,14 @@ def _pairs(picks: torch.Tensor) -> list[tuple[int, int]]:
 
 
 class PolicyModel(nn.Module):
-    """The causal LM, plus a scalar value head on its last hidden state when PPO needs one."""
+    """The causal LM, plus a scalar value head on its last hidden state when PPO needs one.
+    `top_blocks` > 0: forwards given the reference's trunk run only the top blocks
+    (`vbon.models.trunk`)."""
 
     def __init__(self, lm: PreTrainedModel, value_head: bool) -> None:
         super().__init__()
         self.lm = lm
+        self.top_blocks = 0
         self.value_head = None
         if value_head:
             head = nn.Linear(lm.config.get_text_config().hidden_size, 1)
@@ -53,16 +62,27 @@ class PolicyModel(nn.Module):
             self.value_head = head.to(lm.dtype)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int = 0
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        logits_to_keep: int = 0,
+        trunk: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits of the last `logits_to_keep` positions (0: all), values of every position."""
-        out = self.lm(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=positions(attention_mask),
-            output_hidden_states=self.value_head is not None,
-            logits_to_keep=last_positions(input_ids, logits_to_keep),
-        )
+        """Logits of the last `logits_to_keep` positions (0: all), values of every position;
+        from the trunk's hidden state when it is given."""
+        keep = last_positions(input_ids, logits_to_keep)
+        hidden = self.value_head is not None
+        if trunk is not None and self.top_blocks:
+            out = top_forward(self.lm, trunk, attention_mask, self.top_blocks, keep, hidden)
+        else:
+            out = self.lm(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=positions(attention_mask),
+                output_hidden_states=hidden,
+                logits_to_keep=keep,
+                use_cache=False,
+            )
         values = None
         if self.value_head is not None:
             values = self.value_head(out.hidden_states[-1]).squeeze(-1).float()
@@ -83,7 +103,7 @@ def select_trainable(lm: nn.Module, trainable: str, top_layers: int, lora_rank: 
         )
         return get_peft_model(lm, cfg)
     if trainable == "top_layers":
-        blocks = max((m for m in lm.modules() if isinstance(m, nn.ModuleList)), key=len)
+        _, _, blocks = transformer_blocks(lm)
         lm.requires_grad_(False)
         for block in blocks[-top_layers:]:
             block.requires_grad_(True)
@@ -111,12 +131,24 @@ class LanguageModelTask:
         self.tok = load_tokenizer(self.cfg.model)
         self.reference = load_causal_lm(self.cfg.model, device).requires_grad_(False)
         self.scorer = build_scorer(self.cfg.reward)
+        self.top_blocks = 0  # > 0 once the policy shares the reference's frozen trunk
 
     def build_policy(self, value_head: bool) -> nn.Module:
         t = self.cfg.training
         lm = load_causal_lm(self.cfg.model, self.device)
         lm = select_trainable(lm, t.trainable, t.top_layers, t.lora_rank)
-        return PolicyModel(lm, value_head).to(self.device)
+        policy = PolicyModel(lm, value_head).to(self.device)
+        if t.trainable == "top_layers" and t.zero_stage != 3 and self._trunk_matches(lm):
+            policy.top_blocks = self.top_blocks = t.top_layers
+        return policy
+
+    def _trunk_matches(self, lm: nn.Module) -> bool:
+        """`shares_trunk` on two cached samples of different lengths (padding included)."""
+        rows = self.rows[:2]
+        batch = self._batch(rows, 1, [r["token_ids"][0] or [self.tok.eos_token_id] for r in rows])
+        batch = batch.to(self.device)
+        k = self.cfg.training.top_layers
+        return shares_trunk(lm, self.reference, batch.input_ids, batch.attention_mask, k)
 
     def _encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
         chat = self.cfg.data.chat_template
@@ -194,14 +226,19 @@ class LanguageModelTask:
     def _scored(self, rows, k, token_ids, rewards, p_lt, p_le, method: Method) -> Batch:
         """The RL batch: completions after their prompts, pi_ref's log-probabilities, the score."""
         batch = self._batch(rows, k, token_ids, rewards=rewards.flatten()).to(self.device)
+        args = (
+            batch.input_ids,
+            batch.attention_mask,
+            batch.mask.shape[1],
+            self.cfg.sampling.temperature,
+        )
         with phase("reference"):
-            batch.ref_logprobs = forward_logprobs(
-                self.reference,
-                batch.input_ids,
-                batch.attention_mask,
-                batch.mask.shape[1],
-                self.cfg.sampling.temperature,
-            )
+            if self.top_blocks:
+                batch.ref_logprobs, batch.trunk = reference_logprobs_and_trunk(
+                    self.reference, *args, self.top_blocks
+                )
+            else:
+                batch.ref_logprobs = forward_logprobs(self.reference, *args)
         seq_ref = (batch.ref_logprobs * batch.mask).sum(-1).double().cpu().view(len(rows), k)
         score = method.score(rewards, p_lt, p_le, seq_ref, self.cfg.n)
         batch.score = score.flatten().float().to(self.device)
@@ -245,7 +282,7 @@ class LanguageModelTask:
 
     def forward(self, policy: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         t = batch.mask.shape[1]
-        logits, values = policy(batch.input_ids, batch.attention_mask, t + 1)
+        logits, values = policy(batch.input_ids, batch.attention_mask, t + 1, batch.trunk)
         logprobs = completion_logprobs(logits, batch.input_ids, t, self.cfg.sampling.temperature)
         return logprobs, None if values is None else values[:, -t - 1 : -1]
 

@@ -27,7 +27,9 @@ class Batch:
     the completion tokens, the last T positions of `input_ids`. `ref_logprobs` [B, T] and `score`
     [B] (the reward the step maximises) are None for batches of cached samples, which carry
     `weights` [B] instead. `from_reference`: the rows were drawn from pi_ref, not from the policy
-    (an RL batch of cached samples, importance-weighted by the update).
+    (an RL batch of cached samples, importance-weighted by the update). `trunk` [B, S, H]: the
+    reference's hidden state below the trained top blocks, when the policy shares it
+    (`vbon.models.trunk`).
     """
 
     input_ids: torch.Tensor
@@ -39,6 +41,7 @@ class Batch:
     ref_logprobs: torch.Tensor | None = None
     weights: torch.Tensor | None = None
     from_reference: bool = False
+    trunk: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         moved = {
