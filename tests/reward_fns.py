@@ -17,3 +17,11 @@ def letter_e_share(prompts: list[str], completions: list[str]) -> list[float]:
 
 def always_nan(prompts: list[str], completions: list[str]) -> list[float]:
     return [float("nan")] * len(completions)
+
+
+def slow_letter_e_share(prompts: list[str], completions: list[str]) -> list[float]:
+    """`letter_e_share` after 3 s: keeps BoN requests in flight long enough to signal a server."""
+    import time
+
+    time.sleep(3)
+    return letter_e_share(prompts, completions)

@@ -14,7 +14,7 @@ from ray_helpers import free_port, local_ray
 from transformers import AutoTokenizer
 
 from vbon.config import parse_workflow
-from vbon.errors import ConfigError
+from vbon.errors import ConfigError, ModelLoadError
 from vbon.serving.app import APP_NAME
 from vbon.serving.launch import serve_model
 
@@ -144,6 +144,109 @@ def test_malformed_json_and_wrong_route(url: str) -> None:
         client.completions.create(model="nope", prompt="Hi", max_tokens=2)
 
 
+def _error_body(r: httpx.Response) -> dict:
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    return err
+
+
+@pytest.mark.parametrize(
+    ("method", "route", "content", "status"),
+    [
+        ("GET", "/v1/completions", None, 405),
+        ("POST", "/v1/nothing", b"{}", 404),
+        (
+            "POST",
+            "/v1/completions",
+            b'{"model": "tiny", "prompt": "a", "n": ' + b"9" * 5000 + b"}",
+            400,
+        ),
+        ("POST", "/v1/completions", b"[" * 100_000 + b"]" * 100_000, 400),
+        ("POST", "/v1/completions", b'{"model": "tiny", "prompt": "' + b"x" * 2**22 + b'"}', 413),
+    ],
+)
+def test_every_error_has_the_openai_body_and_no_input_gives_5xx(
+    url: str, method: str, route: str, content: bytes | None, status: int
+) -> None:
+    headers = {"content-type": "application/json"}
+    r = httpx.request(method, f"{url}{route}", content=content, headers=headers, timeout=60)
+    assert r.status_code == status
+    _error_body(r)
+
+
+def test_prompts_as_token_ids_and_an_empty_prompt(url: str, model_dir: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = tok("A quiet drama")["input_ids"]
+    by_text = _complete(url, prompt="A quiet drama", max_tokens=8, seed=4).json()
+    by_ids = _complete(url, prompt=ids, max_tokens=8, seed=4).json()
+    assert by_ids["choices"][0]["text"] == by_text["choices"][0]["text"]
+    many = _complete(url, prompt=[ids, ids[:2]], max_tokens=4, n=2, seed=4).json()
+    assert len(many["choices"]) == 4
+    assert _complete(url, prompt="", max_tokens=4).status_code == 200
+    bad = _complete(url, prompt=[len(tok) + 5], max_tokens=4)
+    assert bad.status_code == 400 and _error_body(bad)["param"] == "prompt"
+
+
+def test_logprobs_and_echo_score_a_prompt_for_loglikelihood(url: str) -> None:
+    r = _complete(
+        url, prompt="The film was good", max_tokens=0, echo=True, logprobs=1, temperature=0
+    )
+    choice = r.json()["choices"][0]
+    lp = choice["logprobs"]
+    assert choice["text"] == "The film was good" and lp["token_logprobs"][0] is None
+    assert all(x < 0 for x in lp["token_logprobs"][1:])
+    assert "".join(lp["tokens"]) == choice["text"] and lp["text_offset"][0] == 0
+    gen = _complete(url, prompt="The film", max_tokens=6, logprobs=2, seed=1).json()["choices"][0]
+    assert "".join(gen["logprobs"]["tokens"]) == gen["text"]
+    assert all(len(top) == 2 for top in gen["logprobs"]["top_logprobs"])
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    chat = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "Review the film."}],
+        max_completion_tokens=5,
+        logprobs=True,
+        top_logprobs=2,
+        seed=2,
+    )
+    content = chat.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == chat.choices[0].message.content
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
+
+
+def test_streaming_with_the_openai_client(url: str) -> None:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    whole = client.completions.create(model="tiny", prompt="The film", max_tokens=10, seed=5)
+    chunks = list(
+        client.completions.create(
+            model="tiny",
+            prompt="The film",
+            max_tokens=10,
+            seed=5,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert len(chunks) > 3 and text == whole.choices[0].text
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    stream = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "Review the film."}],
+        max_tokens=8,
+        seed=6,
+        stream=True,
+    )
+    deltas = [c.choices[0].delta for c in stream]
+    assert deltas[0].role == "assistant"
+    chat = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "Review the film."}],
+        max_tokens=8,
+        seed=6,
+    )
+    assert "".join(d.content or "" for d in deltas) == chat.choices[0].message.content
+
+
 def test_concurrent_requests_are_batched_and_autoscaled(url: str) -> None:
     """Requests arriving together share generate calls; under sustained load the policy
     deployment grows from 1 to max_replicas = 2 replicas (bounded: 90 s, 3000 requests)."""
@@ -186,6 +289,14 @@ def test_bon_mode_returns_the_best_scoring_of_n_samples(model_dir: Path) -> None
     best = _complete(bon_url, prompt=prompt, max_tokens=10, seed=11).json()["choices"]
     assert [c["text"] for c in best] == [expected]
     assert "Scorer" in serve.status().applications[APP_NAME].deployments
+
+
+def test_a_model_that_cannot_load_is_one_line_before_any_replica(tmp_path: Path) -> None:
+    cfg = parse_workflow({"serving": {"port": PORT}})
+    with pytest.raises(ModelLoadError, match=r"cannot load the tokenizer .* local folder"):
+        serve_model(cfg, tmp_path / "missing")
+    with pytest.raises(ModelLoadError, match="unknown built-in model"):
+        serve_model(cfg, "builtin:nope")
 
 
 def test_api_key(model_dir: Path, monkeypatch) -> None:

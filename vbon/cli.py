@@ -112,21 +112,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_until_interrupted() -> int:
-    """Block while the endpoint serves; Ctrl-C (or SIGTERM) shuts Serve down and exits 0."""
+def _serve_until_interrupted(drain_s: float) -> int:
+    """Block while the endpoint serves. SIGTERM or Ctrl-C: stop taking requests, let those in
+    flight finish (at most `drain_s` seconds), shut Serve down and exit 0 (Ray itself is shut
+    down by the caller's `ray_session`)."""
     import signal
     import time
-
-    from ray import serve
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("\nstopping the endpoint", flush=True)
-    finally:
-        serve.shutdown()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the drain
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("\nstopping the endpoint: finishing the requests in flight", flush=True)
+        from vbon.serving.launch import drain_and_shutdown
+
+        left = drain_and_shutdown(drain_s)
+        print(f"stopped ({left} requests still in flight were cut)" if left else "stopped")
     return 0
 
 
@@ -156,7 +160,7 @@ def _serve(args: argparse.Namespace) -> int:
         mode = f"BoN N={cfg.serving.bon_n}" if cfg.serving.bon_n else "one sample per request"
         print(f"serving {info['model']} ({mode}) at {info['url']}/v1  (Ctrl-C stops)")
         print(info["example"], flush=True)
-        return _serve_until_interrupted()
+        return _serve_until_interrupted(cfg.serving.drain_s)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -183,7 +187,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         if args.no_block:
             return 0
-        return _serve_until_interrupted()
+        return _serve_until_interrupted(cfg.serving.drain_s)
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -263,10 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "model_dir",
         nargs="?",
-        help="a model folder; omitted: the workflow's trained policy (its stages run as needed)",
+        metavar="MODEL",
+        help="a model folder, hub name or builtin: name; omitted: the workflow's trained policy "
+        "(its stages run as needed)",
     )
     p.add_argument("--workflow", type=Path, help="workflow whose serving/reward sections apply")
-    p.add_argument("--bon", type=int, metavar="N", help="serve Best-of-N over MODEL_DIR instead")
+    p.add_argument("--bon", type=int, metavar="N", help="serve Best-of-N over MODEL instead")
     p.add_argument("--host", help="bind address (default serving.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default serving.port)")
     p.add_argument("--name", help="model name clients send (default: the workflow name)")

@@ -236,6 +236,9 @@ class ServingConfig(_Section):
     max_batch_size: int = Field(8, ge=1)
     batch_wait_ms: float = Field(10.0, ge=0)
     max_pending_requests: int = Field(64, ge=1)
+    drain_s: float = Field(
+        30.0, ge=0
+    )  # on SIGTERM / Ctrl-C: how long requests in flight may finish
     cpus_per_replica: float = Field(1.0, ge=0)
     gpus_per_replica: float = Field(0.0, ge=0)
     bon_n: int | None = Field(None, ge=2)

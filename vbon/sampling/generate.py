@@ -125,11 +125,23 @@ def generate(
     """len(seeds[i]) samples of prompts[i], in one batched `generate` call. Prompts already
     rendered by a chat template carry their special tokens: pass add_special_tokens=False.
     `synced_gpus`: every rank of a ZeRO-3 group generates together (see the training loop)."""
-    rows = [p for p, s in zip(prompts, seeds, strict=True) for _ in s]
+    ids = tok(prompts, add_special_tokens=add_special_tokens)["input_ids"]
+    return generate_from_ids(model, tok, ids, seeds, cfg, synced_gpus)
+
+
+@torch.no_grad()
+def generate_from_ids(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    prompt_ids: list[list[int]],
+    seeds: list[list[int]],
+    cfg: SamplingConfig,
+    synced_gpus: bool = False,
+) -> Completions:
+    """`generate` on prompts given as token ids (each non-empty), left-padded into one batch."""
+    rows = [{"input_ids": p} for p, s in zip(prompt_ids, seeds, strict=True) for _ in s]
     flat_seeds = [x for s in seeds for x in s]
-    enc = tok(rows, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens).to(
-        model.device
-    )
+    enc = tok.pad(rows, padding=True, return_tensors="pt").to(model.device)
     sampler = SeededSampler(flat_seeds, cfg)
     gen_cfg = GenerationConfig(
         do_sample=False,

@@ -6,13 +6,15 @@ deployment that batches requests into `generate` calls, and (BoN mode) a reward 
 """
 
 import hmac
+import json
 import secrets
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
+from starlette.exceptions import HTTPException
 
 from vbon.config import ModelConfig, RewardConfig, ServingConfig
 from vbon.rewards import build_scorer
@@ -23,12 +25,18 @@ from vbon.serving.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     chat_body,
+    chat_chunks,
+    chat_logprobs,
     completion_body,
+    completion_chunks,
+    completion_logprobs,
+    usage,
     validation_message,
 )
 
 APP_NAME = "vbon"
 BATCH_HEADER = "x-vbon-batch-size"  # how many requests shared the generate call
+MAX_BODY_BYTES = 2**21  # larger request bodies get 413
 
 
 @serve.deployment(name="Policy")
@@ -74,6 +82,75 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     return JSONResponse(APIError(400, message, param).body(), status_code=400)
 
 
+@api.exception_handler(HTTPException)
+async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+    """Routing and body-parsing errors (404, 405, unparsable bodies) in the OpenAI body."""
+    messages = {
+        404: f"unknown route: {request.method} {request.url.path}",
+        405: f"method {request.method} is not allowed on {request.url.path}",
+    }
+    message = messages.get(exc.status_code, f"could not read the request: {exc.detail}")
+    return JSONResponse(APIError(exc.status_code, message).body(), status_code=exc.status_code)
+
+
+@api.exception_handler(Exception)
+async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    """A server fault (never a client's input): still the OpenAI body, without internals."""
+    err = APIError(500, f"internal server error ({type(exc).__name__}); see the replica's log")
+    return JSONResponse(err.body(), status_code=500)
+
+
+@api.middleware("http")
+async def _body_limit(request: Request, call_next):
+    size = request.headers.get("content-length", "0")
+    if not size.isdigit() or int(size) > MAX_BODY_BYTES:
+        err = APIError(413, f"request body over {MAX_BODY_BYTES} bytes (or a bad content-length)")
+        return JSONResponse(err.body(), status_code=413)
+    return await call_next(request)
+
+
+def _sse(events) -> StreamingResponse:
+    """Server-sent events: one `data:` line per chunk, then `data: [DONE]`."""
+
+    async def lines():
+        for event in events:
+            yield f"data: {json.dumps(event)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(lines(), media_type="text/event-stream")
+
+
+def _completion_view(choice: dict, logprobs: bool) -> None:
+    """The completions text (the prompt first, with echo), its logprobs object, and the pieces
+    a stream sends (the echoed prompt as one piece)."""
+    entries = choice["logprobs"]
+    prompt = choice["prompt_pieces"]
+    head = "".join(prompt) if prompt is not None else ""
+    skip = len(prompt) if prompt is not None else 0
+    pieces, at = [], 0
+    if prompt is not None:
+        lp = completion_logprobs(entries[:skip]) if logprobs else None
+        pieces.append({"text": head, "logprobs": lp})
+        at = len(head)
+    for i, text in enumerate(choice["pieces"]):
+        lp = completion_logprobs([entries[skip + i]], at) if logprobs else None
+        pieces.append({"text": text, "logprobs": lp})
+        at += len(text)
+    choice["text"] = head + choice["text"]
+    choice["logprobs"] = completion_logprobs(entries) if logprobs else None
+    choice["pieces"] = pieces
+
+
+def _chat_view(choice: dict) -> None:
+    """The chat logprobs object and the pieces a stream sends."""
+    entries = choice["logprobs"]
+    choice["pieces"] = [
+        {"text": text, "logprobs": None if entries is None else chat_logprobs([entries[i]])}
+        for i, text in enumerate(choice["pieces"])
+    ]
+    choice["logprobs"] = None if entries is None else chat_logprobs(entries)
+
+
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
 class Ingress:
@@ -95,6 +172,15 @@ class Ingress:
         self.tok = load_tokenizer(model)
         self.model_name, self.api_key = model_name, api_key
         self.in_flight = 0
+        self.draining = False
+
+    def drain(self) -> int:
+        """Stop taking requests (503 + Retry-After, /healthz too); the requests in flight."""
+        self.draining = True
+        return self.in_flight
+
+    def pending(self) -> int:
+        return self.in_flight
 
     def _authorize(self, request: Request) -> None:
         if self.api_key is None:
@@ -103,9 +189,28 @@ class Ingress:
         if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
             raise APIError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')")
 
-    def _check(self, req, prompts: list[str], add_special: bool) -> int:
+    def _encode(self, prompt: str | list[int], add_special: bool) -> list[int]:
+        """A prompt's token ids; an empty one starts from BOS (EOS when there is none)."""
+        if isinstance(prompt, str):
+            ids = self.tok(prompt, add_special_tokens=add_special)["input_ids"]
+        else:
+            bad = next((t for t in prompt if not 0 <= t < len(self.tok)), None)
+            if bad is not None:
+                raise APIError(
+                    400,
+                    f"prompt token id {bad} is outside this model's vocabulary [0, {len(self.tok)})",
+                    "prompt",
+                )
+            ids = list(prompt)
+        start = (
+            self.tok.bos_token_id if self.tok.bos_token_id is not None else self.tok.eos_token_id
+        )
+        return ids or [start]
+
+    def _check(self, req, prompts: list[list[int]]) -> int:
         """Validate against the caps; the prompt token count."""
         s = self.serving
+        req.check()
         if req.model != self.model_name:
             raise APIError(
                 404,
@@ -125,33 +230,37 @@ class Ingress:
                 f"n = {req.n * len(prompts)} completions exceeds this server's cap of {s.max_n}",
                 "n",
             )
-        counts = [len(self.tok(p, add_special_tokens=add_special)["input_ids"]) for p in prompts]
-        if max(counts, default=0) > s.max_prompt_tokens:
+        longest = max(len(p) for p in prompts)
+        if longest > s.max_prompt_tokens:
             raise APIError(
                 400,
-                f"prompt has {max(counts)} tokens; this server accepts at most {s.max_prompt_tokens}",
+                f"prompt has {longest} tokens; this server accepts at most {s.max_prompt_tokens}",
                 "prompt",
             )
-        return sum(counts)
+        return sum(len(p) for p in prompts)
 
     async def _choices(
-        self, req, prompts: list[str], raw: list[str], add_special: bool
+        self, req, prompts: list[list[int]], raw: list[str], logprobs: int | None, echo: bool
     ) -> list[dict]:
         """n choices per prompt: one sample each, or in BoN mode the best-scoring of bon_n."""
         draws = self.serving.bon_n or 1
         base = req.seed if req.seed is not None else secrets.randbits(62)
+        max_tokens = req.max_tokens if req.max_tokens is not None else 16
         jobs = [
             Job(
-                prompt=p,
+                prompt_ids=tuple(p),
                 seeds=tuple(row_seed(base, i, j) for j in range(req.n * draws)),
-                max_tokens=req.max_tokens or min(16, self.serving.max_tokens),
+                max_tokens=min(max_tokens, self.serving.max_tokens),
                 temperature=req.temperature,
                 top_p=req.top_p,
                 stop=tuple(req.stop_list()),
-                add_special_tokens=add_special,
+                logprobs=logprobs,
+                echo=echo,
             )
             for i, p in enumerate(prompts)
         ]
+        if self.draining:
+            raise APIError(503, "server shutting down: not taking new requests")
         if self.in_flight >= self.serving.max_pending_requests:
             raise APIError(503, "server overloaded: too many requests in flight; retry shortly")
         self.in_flight += 1
@@ -175,6 +284,8 @@ class Ingress:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
+        if self.draining:
+            raise APIError(503, "server shutting down")
         return {"status": "ok"}
 
     @api.get("/v1/models")
@@ -186,18 +297,25 @@ class Ingress:
         }
 
     @api.post("/v1/completions")
-    async def completions(
-        self, request: Request, response: Response, body: CompletionRequest
-    ) -> dict:
+    async def completions(self, request: Request, response: Response, body: CompletionRequest):
         self._authorize(request)
-        prompts = body.prompts()
-        used = self._check(body, prompts, add_special=True)
-        choices = await self._choices(body, prompts, prompts, add_special=True)
-        response.headers[BATCH_HEADER] = str(max(c["batch"] for c in choices))
+        prompts = [self._encode(p, add_special=True) for p in body.prompts()]
+        used = self._check(body, prompts)
+        raw = [p if isinstance(p, str) else self.tok.decode(p) for p in body.prompts()]
+        choices = await self._choices(body, prompts, raw, body.logprobs, body.echo)
+        for c in choices:
+            _completion_view(c, body.logprobs is not None)
+        batch = str(max(c["batch"] for c in choices))
+        if body.stream:
+            u = usage(used, choices) if body.include_usage() else None
+            stream = _sse(completion_chunks(self.model_name, choices, u))
+            stream.headers[BATCH_HEADER] = batch
+            return stream
+        response.headers[BATCH_HEADER] = batch
         return completion_body(self.model_name, choices, used)
 
     @api.post("/v1/chat/completions")
-    async def chat(self, request: Request, response: Response, body: ChatCompletionRequest) -> dict:
+    async def chat(self, request: Request, response: Response, body: ChatCompletionRequest):
         self._authorize(request)
         if not self.tok.chat_template:
             raise APIError(
@@ -205,12 +323,22 @@ class Ingress:
                 f"model {self.model_name!r} has no chat template; use /v1/completions",
                 "messages",
             )
-        messages = [m.model_dump() for m in body.messages]
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         prompt = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        used = self._check(body, [prompt], add_special=False)
+        prompts = [self._encode(prompt, add_special=False)]
+        used = self._check(body, prompts)
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        choices = await self._choices(body, [prompt], [last_user], add_special=False)
-        response.headers[BATCH_HEADER] = str(max(c["batch"] for c in choices))
+        top = (body.top_logprobs or 0) if body.logprobs else None
+        choices = await self._choices(body, prompts, [last_user], top, echo=False)
+        for c in choices:
+            _chat_view(c)
+        batch = str(max(c["batch"] for c in choices))
+        if body.stream:
+            u = usage(used, choices) if body.include_usage() else None
+            stream = _sse(chat_chunks(self.model_name, choices, u))
+            stream.headers[BATCH_HEADER] = batch
+            return stream
+        response.headers[BATCH_HEADER] = batch
         return chat_body(self.model_name, choices, used)
 
 

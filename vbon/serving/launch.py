@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from vbon.config import WorkflowConfig
-from vbon.errors import ConfigError, ModelLoadError
+from vbon.errors import ConfigError
 
 EXAMPLE = """curl -s http://{host}:{port}/v1/completions -H 'Content-Type: application/json'{auth} \\
   -d '{{"model": "{model}", "prompt": "This film was", "max_tokens": 24, "seed": 0}}'"""
@@ -27,21 +27,23 @@ def api_key(cfg: WorkflowConfig) -> str | None:
 
 
 def serve_model(
-    cfg: WorkflowConfig, model_dir: str | Path, model_name: str | None = None
+    cfg: WorkflowConfig, model: str | Path, model_name: str | None = None
 ) -> dict[str, str]:
-    """Deploy `model_dir` (or, with `serving.bon_n`, BoN over it) and return the endpoint's
+    """Deploy `model` (a folder, a hub name or a `builtin:` name, as a workflow's
+    `model.name_or_path` takes; with `serving.bon_n`, BoN over it) and return the endpoint's
     base URL, served model name and an example request."""
     from ray import serve
 
     from vbon.models import load_tokenizer
     from vbon.serving.app import APP_NAME, build_app
 
-    if not Path(model_dir).is_dir() and not str(model_dir).startswith("builtin:"):
-        raise ModelLoadError(
-            f"{model_dir}: no such model folder; pass the folder `vbon train` wrote"
-        )
     key = api_key(cfg)
-    model = cfg.model.model_copy(update={"name_or_path": str(model_dir), "revision": None})
+    same = str(model) == cfg.model.name_or_path  # keeps the workflow's revision and dtype
+    model = (
+        cfg.model
+        if same
+        else cfg.model.model_copy(update={"name_or_path": str(model), "revision": None})
+    )
     load_tokenizer(model)  # fails fast, on one line, before any replica starts
     s = cfg.serving
     name = model_name or cfg.name
@@ -69,3 +71,25 @@ def app(args: dict[str, str]):
     cfg = load_workflow(args["workflow"]) if args.get("workflow") else WorkflowConfig()
     model = cfg.model.model_copy(update={"name_or_path": args["model_dir"], "revision": None})
     return build_app(model, cfg.serving, cfg.reward, args.get("model_name", cfg.name), api_key(cfg))
+
+
+def drain_and_shutdown(drain_s: float) -> int:
+    """Stop the ingress taking requests, wait up to `drain_s` seconds for those in flight, then
+    shut Serve down. Returns how many were still in flight."""
+    import time
+
+    from ray import serve
+
+    from vbon.serving.app import APP_NAME
+
+    left = 0
+    try:
+        ingress = serve.get_deployment_handle("Ingress", app_name=APP_NAME)
+        left = ingress.drain.remote().result(timeout_s=10)
+        deadline = time.monotonic() + drain_s
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = ingress.pending.remote().result(timeout_s=10)
+    finally:
+        serve.shutdown()
+    return left
