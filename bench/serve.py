@@ -1,13 +1,14 @@
-"""Serving cost: the one-sample endpoint (what a vBoN model is served with) against BoN endpoints
-(N = 4 and 8) over the same model, under the same bounded load from localhost.
+"""Serving under load: the one-sample endpoint (what a vBoN model is served with) against BoN
+endpoints (N = 4 and 8) over the same model, swept over 1, 8, 32 and 64 concurrent clients.
 
-Every endpoint gets `--requests` completions (same prompts, `--max-tokens` tokens each) from
-`--concurrency` client threads. A vBoN-trained policy has the reference's architecture, so the
-one-sample endpoint here serves the reference itself: the cost per request is the same. Prints
-requests/s, p50 and p95 latency and the ratio one-sample/BoN (goal: at least 0.8 N), and writes
-bench/results/serve.json.
+At each level every endpoint gets 2 requests per client (at least 8; review openings,
+`--max-tokens` tokens each) on one replica with all the machine's cores (`--cpus`); batches grow
+with the load (no batch-size or overload cut-off). Per level it reports requests/s, sequences/s
+(N per BoN request), the mean batch (requests per generate call), p50 and p95 latency, and the
+one-sample / BoN requests/s ratio (goal at 64 clients: at least 0.8 N). Writes
+bench/results/serve.json and serve.png (throughput against load per endpoint).
 
-    python bench/serve.py [--model builtin:smollm2-135m-instruct] [--requests 48]
+    python bench/serve.py [--model builtin:smollm2-135m-instruct] [--clients 1 8 32 64]
 """
 
 from __future__ import annotations
@@ -37,13 +38,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def deploy(model: str, bon_n: int | None, port: int) -> str:
+def deploy(model: str, bon_n: int | None, port: int, cpus: float) -> str:
     cfg = parse_workflow(
         {
             "name": "bench",
-            "model": {"name_or_path": model},
+            "model": {"name_or_path": model, "dtype": "bfloat16"},
             "reward": {"kind": "vader"},
-            "serving": {"port": port, "bon_n": bon_n, "max_n": 8, "max_batch_size": 16},
+            "serving": {
+                "port": port,
+                "bon_n": bon_n,
+                "max_n": 8,
+                "cpus_per_replica": cpus,
+                "max_batch_size": 4096,
+                "max_pending_requests": 4096,
+            },
         }
     )
     url = serve_model(cfg, resolve_model_path(model))["url"]
@@ -56,58 +64,96 @@ def deploy(model: str, bon_n: int | None, port: int) -> str:
 
 
 def drive(url: str, prompts: list[str], concurrency: int, max_tokens: int) -> dict:
-    def one(i: int) -> float:
+    def one(i: int) -> tuple[float, int]:
         start = time.perf_counter()
         body = {"model": "bench", "prompt": prompts[i], "max_tokens": max_tokens, "seed": i}
         r = httpx.post(f"{url}/v1/completions", json=body, timeout=600)
         r.raise_for_status()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, int(r.headers["x-vbon-batch-size"])
 
     one(0)  # warm-up, not counted
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        latencies = sorted(pool.map(one, range(len(prompts))))
+        latencies, batches = zip(*pool.map(one, range(len(prompts))), strict=True)
     wall = time.perf_counter() - start
+    latencies = sorted(latencies)
     return {
         "requests": len(prompts),
+        "concurrency": concurrency,
+        "mean_batch": statistics.mean(batches),
         "requests_per_s": len(prompts) / wall,
         "p50_s": statistics.median(latencies),
         "p95_s": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
     }
 
 
+def plot(results: dict, clients: list[int], png: Path) -> None:
+    """Requests/s and sequences/s against concurrent clients, one line per endpoint."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for label in ("one_sample", "bon_4", "bon_8"):
+        for ax, key in zip(axes, ("requests_per_s", "sequences_per_s"), strict=True):
+            ax.plot(clients, [r[key] for r in results[label]], marker="o", label=label)
+    for ax, title in zip(axes, ("requests/s", "sequences/s"), strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="builtin:smollm2-135m-instruct")
-    parser.add_argument("--requests", type=int, default=48)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--cpus", type=float, default=os.cpu_count(), help="per replica")
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    prompts = review_openings()[: args.requests]
+    openings = review_openings()
+    results: dict = {}
     with ray_session(ResourcesConfig(), verbose=False):
-        port, results = free_port(), {}
+        port = free_port()
         try:
             for label, bon_n in (("one_sample", None), ("bon_4", 4), ("bon_8", 8)):
-                url = deploy(args.model, bon_n, port)
-                results[label] = drive(url, prompts, args.concurrency, args.max_tokens)
-                r = results[label]
-                print(
-                    f"{label:<10} {r['requests_per_s']:6.2f} req/s  p50 {r['p50_s']:6.2f} s  "
-                    f"p95 {r['p95_s']:6.2f} s",
-                    flush=True,
-                )
+                url = deploy(args.model, bon_n, port, args.cpus)
+                results[label] = []
+                for c in args.clients:
+                    prompts = [openings[i % len(openings)] for i in range(max(8, 2 * c))]
+                    r = drive(url, prompts, c, args.max_tokens)
+                    r["sequences_per_s"] = r["requests_per_s"] * (bon_n or 1)
+                    results[label].append(r)
+                    print(
+                        f"{label:<10} {c:>3} clients {r['requests_per_s']:6.2f} req/s "
+                        f"{r['sequences_per_s']:6.2f} seq/s  batch {r['mean_batch']:5.1f}  "
+                        f"p50 {r['p50_s']:6.2f} s  p95 {r['p95_s']:6.2f} s",
+                        flush=True,
+                    )
         finally:
             serve.shutdown()
     for n in (4, 8):
-        ratio = results["one_sample"]["requests_per_s"] / results[f"bon_{n}"]["requests_per_s"]
-        results[f"ratio_one_sample_vs_bon_{n}"] = ratio
-        print(f"one-sample / BoN N={n}: {ratio:.2f}x requests/s (goal >= {0.8 * n:.1f}x)")
+        ratios = [
+            one["requests_per_s"] / bon["requests_per_s"]
+            for one, bon in zip(results["one_sample"], results[f"bon_{n}"], strict=True)
+        ]
+        results[f"ratio_one_sample_vs_bon_{n}"] = dict(zip(args.clients, ratios, strict=True))
+        shown = "  ".join(
+            f"{c} clients {r:.2f}x" for c, r in zip(args.clients, ratios, strict=True)
+        )
+        print(f"one-sample / BoN N={n} requests/s: {shown} (goal >= {0.8 * n:.1f}x)")
+    plot(results, args.clients, args.out / "serve.png")
     results["settings"] = vars(args) | {"out": str(args.out)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve.json").write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out / 'serve.json'}")
+    print(f"wrote {args.out / 'serve.json'} and {args.out / 'serve.png'}")
 
 
 if __name__ == "__main__":

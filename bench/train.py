@@ -4,7 +4,10 @@ SmolLM2-135M-Instruct (top 2 layers).
 
 The global batch is the same for 1 and 2 workers (2 workers each take half the prompts), so the
 scaling ratio is tokens/s with 2 workers over tokens/s with 1. The first `--warmup` steps of
-each run are left out of the averages. Prints a table and writes bench/results/train.json.
+each run are left out of the averages. Each run's step is also split into its phases (the
+trainer's `time_*` metrics: generation, reward scoring, reference forward, policy forward,
+backward with DeepSpeed's gradient reduction, optimizer step). Prints a table and writes
+bench/results/train.json and the breakdown as bench/results/train_breakdown.png.
 
     python bench/train.py [--models builtin:tiny builtin:smollm2-135m-instruct] [--steps 8]
 """
@@ -17,6 +20,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import matplotlib
+
 from vbon.config import ResourcesConfig, parse_workflow
 from vbon.plots import read_steps
 from vbon.ray_runtime import ray_session
@@ -24,6 +29,7 @@ from vbon.sampling.stage import run_sampling
 from vbon.training.stage import run_training
 
 TRAINABLE = {"builtin:tiny": "all", "builtin:smollm2-135m-instruct": "top_layers"}
+PHASES = ["generate", "reward", "reference", "forward", "backward", "optimizer"]
 
 
 def workflow(model: str, workers: int, stage: int, steps: int):
@@ -62,7 +68,31 @@ def time_run(model: str, workers: int, stage: int, steps: int, warmup: int, tmp:
         "step_s": step_s,
         "tokens_per_s": sum(s["tokens"] for s in timed) / sum(s["step_s"] for s in timed),
         "peak_mem_mib_per_worker": max(s["peak_mem_mib"] for s in timed),
+        "phases_s": {p: sum(s.get(f"time_{p}", 0.0) for s in timed) / len(timed) for p in PHASES},
     }
+
+
+def breakdown_png(rows: list[dict], png: Path) -> None:
+    """One stacked bar per run: seconds per step in each phase, the rest as "other"."""
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
+    labels = [f"{r['model'].split(':')[-1]}\n{r['workers']}w ZeRO-{r['zero_stage']}" for r in rows]
+    bottom = [0.0] * len(rows)
+    for phase in [*PHASES, "other"]:
+        if phase == "other":
+            heights = [r["step_s"] - sum(r["phases_s"].values()) for r in rows]
+        else:
+            heights = [r["phases_s"][phase] for r in rows]
+        ax.bar(labels, heights, bottom=bottom, label=phase)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    ax.set_ylabel("seconds per step")
+    ax.set_title("where a training step's time goes")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -101,7 +131,8 @@ def main() -> None:
         )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train.json").write_text(json.dumps({"runs": rows, "scaling": ratios}, indent=2))
-    print(f"wrote {args.out / 'train.json'}")
+    breakdown_png(rows, args.out / "train_breakdown.png")
+    print(f"wrote {args.out / 'train.json'} and {args.out / 'train_breakdown.png'}")
 
 
 if __name__ == "__main__":

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+import torch
+import yaml
+from malformed_requests import MALFORMED
 from ray import serve
 from ray_helpers import free_port, local_ray
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vbon.config import parse_workflow
 from vbon.errors import ConfigError, ModelLoadError
+from vbon.models.logprobs import model_logprobs
 from vbon.serving.app import APP_NAME
 from vbon.serving.launch import serve_model
 
@@ -174,6 +179,28 @@ def test_every_error_has_the_openai_body_and_no_input_gives_5xx(
     _error_body(r)
 
 
+def test_a_table_of_malformed_requests_gets_openai_4xx_and_the_server_keeps_serving(
+    url: str,
+) -> None:
+    assert len(MALFORMED) >= 60
+    wrong = []
+    with httpx.Client(timeout=60, headers={"content-type": "application/json"}) as client:
+        for route, body, status in MALFORMED:
+            if isinstance(body, bytes):
+                r = client.post(f"{url}{route}", content=body)
+            else:
+                r = client.post(f"{url}{route}", json=body)
+            err = (
+                r.json().get("error")
+                if r.headers.get("content-type") == "application/json"
+                else None
+            )
+            if r.status_code != status or not err or not err.get("message"):
+                wrong.append((route, str(body)[:60], r.status_code, r.text[:120]))
+    assert not wrong, wrong
+    assert _complete(url, prompt="Still here", max_tokens=4).status_code == 200
+
+
 def test_prompts_as_token_ids_and_an_empty_prompt(url: str, model_dir: Path) -> None:
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = tok("A quiet drama")["input_ids"]
@@ -314,3 +341,72 @@ def test_api_key(model_dir: Path, monkeypatch) -> None:
     assert httpx.get(f"{url}/healthz").status_code == 200
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
     assert client.completions.create(model="tiny", prompt="Hi", max_tokens=2).choices
+
+
+LM_EVAL_TASKS = {
+    "vbon_sentiment_mc": {
+        "output_type": "multiple_choice",
+        "doc_to_text": "{{text}} The review is",
+        "doc_to_choice": [" negative", " positive"],
+        "doc_to_target": "label",
+        "metric_list": [{"metric": "acc"}],
+    },
+    "vbon_sentiment_gen": {
+        "output_type": "generate_until",
+        "doc_to_text": "{{text}} In short,",
+        "doc_to_target": " good",
+        "generation_kwargs": {"until": ["\n"], "max_gen_toks": 6, "do_sample": False},
+        "metric_list": [{"metric": "exact_match"}],
+    },
+}
+
+
+def _lm_eval_tasks(folder: Path) -> Path:
+    """The two tasks over a local JSON-lines file, as lm-eval task YAMLs."""
+    data = folder / "reviews.jsonl"
+    rows = [("A wonderful, moving film.", 1), ("Dull and far too long.", 0), ("I loved it.", 1)]
+    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+    for name, spec in LM_EVAL_TASKS.items():
+        task = {"task": name, "dataset_path": "json", "test_split": "test", **spec}
+        task["dataset_kwargs"] = {"data_files": {"test": str(data)}}
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(task))
+    return folder
+
+
+def test_lm_evaluation_harness_runs_against_the_endpoint(
+    url: str, model_dir: Path, tmp_path: Path
+) -> None:
+    """lm-eval's own clients: `local-completions` (token-id prompts, echo + logprobs for
+    log-likelihood, generation) and `local-chat-completions` (generation)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    tasks = TaskManager(include_path=str(_lm_eval_tasks(tmp_path)))
+    args = f"model=tiny,tokenizer={model_dir},num_concurrent=2,max_retries=1"
+    out = simple_evaluate(
+        model="local-completions",
+        model_args=f"{args},base_url={url}/v1/completions",
+        tasks=list(LM_EVAL_TASKS),
+        task_manager=tasks,
+        log_samples=True,
+    )
+    assert 0 <= out["results"]["vbon_sentiment_mc"]["acc,none"] <= 1
+    assert "exact_match,none" in out["results"]["vbon_sentiment_gen"]
+    # the harness's log-likelihood of " negative" after the first review is the model's own
+    doc = out["samples"]["vbon_sentiment_mc"][0]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    context, continuation = doc["arguments"][0]
+    context, ending = tok(context)["input_ids"], tok(continuation)["input_ids"]
+    ids = torch.tensor([context + ending])
+    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+    want = model_logprobs(model, ids, torch.ones_like(ids), len(ending), 1.0).sum()
+    assert abs(doc["resps"][0][0][0] - float(want)) < 1e-3
+
+    chat = simple_evaluate(
+        model="local-chat-completions",
+        model_args=f"model=tiny,base_url={url}/v1/chat/completions,max_retries=1",
+        tasks=["vbon_sentiment_gen"],
+        task_manager=tasks,
+        apply_chat_template=True,
+    )
+    assert "exact_match,none" in chat["results"]["vbon_sentiment_gen"]

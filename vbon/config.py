@@ -233,7 +233,7 @@ class ServingConfig(_Section):
     max_prompt_tokens: int = Field(512, ge=1)
     max_tokens: int = Field(256, ge=1)
     max_n: int = Field(8, ge=1)
-    max_batch_size: int = Field(8, ge=1)
+    max_batch_size: int = Field(64, ge=1)  # requests per batch: batches grow with the load
     batch_wait_ms: float = Field(10.0, ge=0)
     max_pending_requests: int = Field(64, ge=1)
     drain_s: float = Field(

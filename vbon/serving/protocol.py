@@ -180,6 +180,8 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
     param = loc[0] if loc else None
     if err.get("type") == "json_invalid":
         return "request body is not valid JSON", None
+    if not loc:
+        return "the request body must be a JSON object with the request's parameters", None
     if err.get("type") == "missing":
         return f"missing required parameter: {'.'.join(loc)}", param
     if err.get("type") == "extra_forbidden":
