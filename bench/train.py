@@ -78,7 +78,7 @@ def breakdown_png(rows: list[dict], png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
-    labels = [f"{r['model'].split(':')[-1]}\n{r['workers']}w ZeRO-{r['zero_stage']}" for r in rows]
+    labels = [f"{r['model'].split(':')[-1][:8]}\n{r['workers']}w Z{r['zero_stage']}" for r in rows]
     bottom = [0.0] * len(rows)
     for phase in [*PHASES, "other"]:
         if phase == "other":
