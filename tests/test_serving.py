@@ -274,75 +274,6 @@ def test_streaming_with_the_openai_client(url: str) -> None:
     assert "".join(d.content or "" for d in deltas) == chat.choices[0].message.content
 
 
-def test_concurrent_requests_are_batched_and_autoscaled(url: str) -> None:
-    """Requests arriving together share generate calls; under sustained load the policy
-    deployment grows from 1 to max_replicas = 2 replicas (bounded: 90 s, 3000 requests)."""
-    deadline, sent, replicas, batched = time.monotonic() + 90, 0, 1, []
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        while time.monotonic() < deadline and sent < 3000 and replicas < 2:
-            futures = [pool.submit(_complete, url, prompt="Long", max_tokens=24) for _ in range(8)]
-            responses = [f.result() for f in futures]
-            assert all(r.status_code == 200 for r in responses)
-            batched += [int(r.headers["x-vbon-batch-size"]) for r in responses]
-            sent += 8
-            status = serve.status().applications[APP_NAME].deployments["Policy"]
-            replicas = status.replica_states.get("RUNNING", 0)
-    assert replicas == 2
-    assert max(batched) > 1
-
-
-def test_overload_gets_503_with_retry_after(model_dir: Path) -> None:
-    url = _deploy(model_dir, max_pending_requests=1, max_replicas=1)
-    with concurrent.futures.ThreadPoolExecutor(10) as pool:
-        futures = [pool.submit(_complete, url, prompt="Busy", max_tokens=32) for _ in range(10)]
-        responses = [f.result() for f in futures]
-    codes = [r.status_code for r in responses]
-    assert 200 in codes and 503 in codes and set(codes) <= {200, 503}
-    busy = next(r for r in responses if r.status_code == 503)
-    assert busy.headers["retry-after"] == "1" and "overloaded" in busy.json()["error"]["message"]
-
-
-def test_bon_mode_returns_the_best_scoring_of_n_samples(model_dir: Path) -> None:
-    from reward_fns import letter_e_share
-
-    url = _deploy(model_dir, max_replicas=1)
-    prompt = "The acting"
-    draws = _complete(url, prompt=prompt, max_tokens=10, n=4, seed=11).json()["choices"]
-    texts = [c["text"] for c in draws]
-    rewards = letter_e_share([prompt] * 4, texts)
-    expected = texts[rewards.index(max(rewards))]
-
-    bon_url = _deploy(model_dir, max_replicas=1, bon_n=4)
-    best = _complete(bon_url, prompt=prompt, max_tokens=10, seed=11).json()["choices"]
-    assert [c["text"] for c in best] == [expected]
-    assert "Scorer" in serve.status().applications[APP_NAME].deployments
-
-
-def test_a_model_that_cannot_load_is_one_line_before_any_replica(tmp_path: Path) -> None:
-    cfg = parse_workflow({"serving": {"port": PORT}})
-    with pytest.raises(ModelLoadError, match=r"cannot load the tokenizer .* local folder"):
-        serve_model(cfg, tmp_path / "missing")
-    with pytest.raises(ModelLoadError, match="unknown built-in model"):
-        serve_model(cfg, "builtin:nope")
-
-
-def test_api_key(model_dir: Path, monkeypatch) -> None:
-    monkeypatch.delenv("VBON_TEST_KEY", raising=False)
-    cfg = parse_workflow({"serving": {"api_key_env": "VBON_TEST_KEY", "port": PORT}})
-    with pytest.raises(ConfigError, match="VBON_TEST_KEY"):
-        serve_model(cfg, model_dir)
-    monkeypatch.setenv("VBON_TEST_KEY", "s3cret")
-    url = _deploy(model_dir, api_key_env="VBON_TEST_KEY", max_replicas=1)
-    assert _complete(url, prompt="Hi", max_tokens=2).status_code == 401
-    wrong = {"Authorization": "Bearer nope"}
-    r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "Hi"}, headers=wrong)
-    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
-    assert httpx.get(f"{url}/v1/models").status_code == 401
-    assert httpx.get(f"{url}/healthz").status_code == 200
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
-    assert client.completions.create(model="tiny", prompt="Hi", max_tokens=2).choices
-
-
 LM_EVAL_TASKS = {
     "vbon_sentiment_mc": {
         "output_type": "multiple_choice",
@@ -410,3 +341,72 @@ def test_lm_evaluation_harness_runs_against_the_endpoint(
         apply_chat_template=True,
     )
     assert "exact_match,none" in chat["results"]["vbon_sentiment_gen"]
+
+
+def test_concurrent_requests_are_batched_and_autoscaled(url: str) -> None:
+    """Requests arriving together share generate calls; under sustained load the policy
+    deployment grows from 1 to max_replicas = 2 replicas (bounded: 90 s, 3000 requests)."""
+    deadline, sent, replicas, batched = time.monotonic() + 90, 0, 1, []
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        while time.monotonic() < deadline and sent < 3000 and replicas < 2:
+            futures = [pool.submit(_complete, url, prompt="Long", max_tokens=24) for _ in range(8)]
+            responses = [f.result() for f in futures]
+            assert all(r.status_code == 200 for r in responses)
+            batched += [int(r.headers["x-vbon-batch-size"]) for r in responses]
+            sent += 8
+            status = serve.status().applications[APP_NAME].deployments["Policy"]
+            replicas = status.replica_states.get("RUNNING", 0)
+    assert replicas == 2
+    assert max(batched) > 1
+
+
+def test_overload_gets_503_with_retry_after(model_dir: Path) -> None:
+    url = _deploy(model_dir, max_pending_requests=1, max_replicas=1)
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        futures = [pool.submit(_complete, url, prompt="Busy", max_tokens=32) for _ in range(10)]
+        responses = [f.result() for f in futures]
+    codes = [r.status_code for r in responses]
+    assert 200 in codes and 503 in codes and set(codes) <= {200, 503}
+    busy = next(r for r in responses if r.status_code == 503)
+    assert busy.headers["retry-after"] == "1" and "overloaded" in busy.json()["error"]["message"]
+
+
+def test_bon_mode_returns_the_best_scoring_of_n_samples(model_dir: Path) -> None:
+    from reward_fns import letter_e_share
+
+    url = _deploy(model_dir, max_replicas=1)
+    prompt = "The acting"
+    draws = _complete(url, prompt=prompt, max_tokens=10, n=4, seed=11).json()["choices"]
+    texts = [c["text"] for c in draws]
+    rewards = letter_e_share([prompt] * 4, texts)
+    expected = texts[rewards.index(max(rewards))]
+
+    bon_url = _deploy(model_dir, max_replicas=1, bon_n=4)
+    best = _complete(bon_url, prompt=prompt, max_tokens=10, seed=11).json()["choices"]
+    assert [c["text"] for c in best] == [expected]
+    assert "Scorer" in serve.status().applications[APP_NAME].deployments
+
+
+def test_a_model_that_cannot_load_is_one_line_before_any_replica(tmp_path: Path) -> None:
+    cfg = parse_workflow({"serving": {"port": PORT}})
+    with pytest.raises(ModelLoadError, match=r"cannot load the tokenizer .* local folder"):
+        serve_model(cfg, tmp_path / "missing")
+    with pytest.raises(ModelLoadError, match="unknown built-in model"):
+        serve_model(cfg, "builtin:nope")
+
+
+def test_api_key(model_dir: Path, monkeypatch) -> None:
+    monkeypatch.delenv("VBON_TEST_KEY", raising=False)
+    cfg = parse_workflow({"serving": {"api_key_env": "VBON_TEST_KEY", "port": PORT}})
+    with pytest.raises(ConfigError, match="VBON_TEST_KEY"):
+        serve_model(cfg, model_dir)
+    monkeypatch.setenv("VBON_TEST_KEY", "s3cret")
+    url = _deploy(model_dir, api_key_env="VBON_TEST_KEY", max_replicas=1)
+    assert _complete(url, prompt="Hi", max_tokens=2).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "Hi"}, headers=wrong)
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(f"{url}/v1/models").status_code == 401
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
+    assert client.completions.create(model="tiny", prompt="Hi", max_tokens=2).choices
