@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from vbon.models.logprobs import completion_logprobs, last_positions, positions
+from vbon.models.logprobs import completion_logprobs, model_logprobs, positions
 
 
 def transformer_blocks(lm: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
@@ -61,14 +61,7 @@ def reference_logprobs_and_trunk(
     """pi_ref's log-probabilities of the last `num_completion` tokens [B, T] and the hidden
     state entering its top `top_blocks` blocks [B, S, H]."""
     with block_input(reference, -top_blocks) as captured:
-        logits = reference(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=positions(attention_mask),
-            logits_to_keep=last_positions(input_ids, num_completion + 1),
-            use_cache=False,
-        ).logits
-    logprobs = completion_logprobs(logits, input_ids, num_completion, temperature)
+        logprobs = model_logprobs(reference, input_ids, attention_mask, num_completion, temperature)
     return logprobs, captured["hidden"]
 
 
@@ -109,18 +102,11 @@ def shares_trunk(
     """Whether the policy's top blocks on the reference's trunk reproduce the policy's full
     forward on this batch (all positions' log-probabilities within `tol`)."""
     width = input_ids.shape[1] - 1
-    full, trunk = reference_logprobs_and_trunk(
+    _, trunk = reference_logprobs_and_trunk(
         reference, input_ids, attention_mask, width, 1.0, top_blocks
     )
-    del full
-    own = policy(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=positions(attention_mask),
-        use_cache=False,
-    ).logits
+    own = model_logprobs(policy, input_ids, attention_mask, width, 1.0)
     top = top_forward(policy, trunk, attention_mask, top_blocks, 0).logits
-    own = completion_logprobs(own, input_ids, width, 1.0)
     top = completion_logprobs(top, input_ids, width, 1.0)
     valid = attention_mask[:, 1:].bool()
     return bool(((own - top).abs()[valid] <= tol).all())

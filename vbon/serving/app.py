@@ -282,6 +282,17 @@ class Ingress:
             best.append(flat[start + block.index(max(block))])  # first draw wins ties
         return best
 
+    def _answer(self, body, response: Response, choices: list[dict], used: int, chunks, whole):
+        """The whole body, or its server-sent-event stream; the batch header either way."""
+        batch = str(max(c["batch"] for c in choices))
+        if body.stream:
+            u = usage(used, choices) if body.include_usage() else None
+            stream = _sse(chunks(self.model_name, choices, u))
+            stream.headers[BATCH_HEADER] = batch
+            return stream
+        response.headers[BATCH_HEADER] = batch
+        return whole(self.model_name, choices, used)
+
     @api.get("/healthz")
     async def healthz(self) -> dict:
         if self.draining:
@@ -305,14 +316,7 @@ class Ingress:
         choices = await self._choices(body, prompts, raw, body.logprobs, body.echo)
         for c in choices:
             _completion_view(c, body.logprobs is not None)
-        batch = str(max(c["batch"] for c in choices))
-        if body.stream:
-            u = usage(used, choices) if body.include_usage() else None
-            stream = _sse(completion_chunks(self.model_name, choices, u))
-            stream.headers[BATCH_HEADER] = batch
-            return stream
-        response.headers[BATCH_HEADER] = batch
-        return completion_body(self.model_name, choices, used)
+        return self._answer(body, response, choices, used, completion_chunks, completion_body)
 
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request, response: Response, body: ChatCompletionRequest):
@@ -332,14 +336,7 @@ class Ingress:
         choices = await self._choices(body, prompts, [last_user], top, echo=False)
         for c in choices:
             _chat_view(c)
-        batch = str(max(c["batch"] for c in choices))
-        if body.stream:
-            u = usage(used, choices) if body.include_usage() else None
-            stream = _sse(chat_chunks(self.model_name, choices, u))
-            stream.headers[BATCH_HEADER] = batch
-            return stream
-        response.headers[BATCH_HEADER] = batch
-        return chat_body(self.model_name, choices, used)
+        return self._answer(body, response, choices, used, chat_chunks, chat_body)
 
 
 def build_app(
