@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.vbon-installed
 
-.PHONY: setup run test test-fast lint bench-exact
+.PHONY: setup run test test-fast lint bench-exact bench-trl-env
 
 setup: $(STAMP)
 
@@ -31,3 +31,9 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix vbon tests bench
 	$(VENV)/bin/ruff format vbon tests bench
+
+# TRL in its own environment, for bench/train_vs_trl.py only: it never constrains vbon's pins.
+bench-trl-env:
+	test -x .venv-trl/bin/python || python3 -m venv .venv-trl
+	.venv-trl/bin/python -m pip install -q torch==2.13.0
+	.venv-trl/bin/python -m pip install -q trl==1.16.0 vaderSentiment==3.3.2

@@ -53,6 +53,7 @@ def main() -> None:
     cfg = load_workflow(args.workflow)
     task = LanguageModelTask(cfg, args.samples)
     task.setup(torch.device("cpu"))
+    task.load_reference()
     policy = task.build_policy(value_head=False)
     if not policy.top_blocks:
         raise SystemExit(f"{cfg.model.name_or_path}: this model cannot share its trunk")

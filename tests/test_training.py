@@ -109,6 +109,18 @@ def test_vbon_raises_the_reward_and_exports_a_loadable_model(
     ]
     assert max(diffs) > 1e-4  # the fine-tuned weights moved away from the reference
 
+    # Model states per rank: under ZeRO-3 each of the 2 ranks keeps half of the policy's weights
+    # and half of the frozen reference's; under ZeRO-2 both whole. The policy starts as the
+    # reference, so its first KL is 0 only if the (partitioned) reference computes pi_ref right.
+    both = 2 * sum(p.numel() * p.element_size() for p in ref.parameters()) / 2**20
+    first = steps[0]
+    assert abs(first["kl"]) < 1e-4
+    assert first["mem_grads_mib"] > 0 and first["mem_optimizer_mib"] > 0
+    if stage == 3:
+        assert first["mem_params_mib"] <= 0.55 * both
+    else:
+        assert first["mem_params_mib"] >= both
+
     again = run_training(parse_workflow(_raw(zero_stage=stage, estimator=estimator)), samples, out)
     assert again == out and read_steps(out / "metrics.jsonl") == steps  # complete: skipped
 
@@ -181,6 +193,7 @@ def test_the_shared_trunk_gives_the_policy_its_own_logprobs(
     raw = _raw(trainable="top_layers", top_layers=2) | {"model": {"name_or_path": str(base)}}
     task = LanguageModelTask(parse_workflow(raw), str(samples))
     task.setup(torch.device("cpu"))
+    task.load_reference()
     policy = task.build_policy(value_head=True)
     assert policy.top_blocks == shared
     batch = task.rollout(policy, [0, 1], 4, 3, False, get_method("vbon"))
@@ -289,6 +302,7 @@ def test_toy_world_through_the_distributed_trainer_matches_single_process(
     (importance-weighted), where pi has already moved far from pi_ref."""
     task = ToyTask(run, levels=levels)
     task.setup(torch.device("cpu"))
+    task.load_reference()
     seqs = all_sequences(task.vocab, task.length)
     target = bon_probs(task.ref.probs(), task.reward(seqs), run.n)
     single = kl(train_toy(task.ref, task.reward, run).probs(), target)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,36 @@ def test_gpu_smoke_script_and_its_workflow() -> None:
     assert r.gpus_per_worker >= 1 and r.gpus_per_actor >= 1 and cfg.serving.gpus_per_replica >= 1
     assert cfg.model.dtype == "bfloat16" and t.zero_stage == 3
     assert f"PORT={cfg.serving.port}" in text and f'"model": "{cfg.name}"' in text
+
+
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_vs_trl_runs_vbon_on_trls_work() -> None:
+    """Both sides of bench/train_vs_trl.py get the same work: vbon's workflow is KL-RL with RLOO
+    at the shape handed to TRL's runner (which parses; TRL itself lives in .venv-trl)."""
+    subprocess.run(
+        [sys.executable, "-m", "py_compile", str(ROOT / "bench" / "trl_rloo.py")], check=True
+    )
+    bench = _bench("train_vs_trl")
+    for trainable in ("top_layers", "all"):
+        for workers in (1, 2):
+            t = bench.workflow(trainable, workers, 6, 48).training
+            assert (t.algorithm, t.estimator, t.trainable) == ("kl_rl", "rloo", trainable)
+            assert (t.prompts_per_step, t.samples_per_prompt, t.beta, t.learning_rate) == tuple(
+                bench.SHAPE[k]
+                for k in ("prompts_per_step", "samples_per_prompt", "beta", "learning_rate")
+            )
+
+
+def test_memory_bench_grid_validates() -> None:
+    bench = _bench("memory")
+    for workers in (1, 2, 4):
+        for stage in (2, 3):
+            cfg = bench.workflow(workers, stage, offload=True)
+            assert cfg.training.trainable == "all" and cfg.training.zero_stage == stage
+            assert cfg.resources.cpus_per_worker * workers == 2

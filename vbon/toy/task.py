@@ -35,11 +35,14 @@ class ToyTask:
     num_prompts: int = 1
 
     def setup(self, device: torch.device) -> None:
-        self.ref = random_reference(self.vocab, self.length, self.ref_seed)
         if self.levels is None:
             self.reward = distinct_reward(self.vocab, self.length, self.reward_seed)
         else:
             self.reward = leveled_reward(self.vocab, self.length, self.levels, self.reward_seed)
+
+    def load_reference(self, place=None) -> None:
+        """The reference is an enumerable table, not a model: `place` does not apply."""
+        self.ref = random_reference(self.vocab, self.length, self.ref_seed)
         self.score = score_fn(self.run, self.ref, self.reward)
 
     def build_policy(self, value_head: bool) -> TabularPolicy:

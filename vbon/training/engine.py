@@ -59,6 +59,32 @@ def zero3_init(ds_config: dict):
         unset_hf_deepspeed_config()
 
 
+def frozen_placement(ds_config: dict) -> Callable[[nn.Module], nn.Module]:
+    """Where the frozen reference lives. Under ZeRO-3 it is a DeepSpeed inference engine (no
+    optimiser, as OpenRLHF places its reference): loaded already partitioned inside
+    `zero3_init`, each rank keeps 1/world of its weights, gathered layer by layer in its forward,
+    so every rank must run the same reference forwards. Otherwise it stays whole on each rank."""
+    zero = ds_config["zero_optimization"]
+    if zero["stage"] != 3:
+        return lambda model: model
+
+    def place(model: nn.Module) -> nn.Module:
+        import deepspeed
+
+        keep = ("stage", "stage3_param_persistence_threshold", "offload_param")
+        config = {
+            "train_micro_batch_size_per_gpu": ds_config["train_micro_batch_size_per_gpu"],
+            "zero_optimization": {k: v for k, v in zero.items() if k in keep},
+            "bf16": ds_config["bf16"],
+            "steps_per_print": ds_config["steps_per_print"],
+        }
+        engine, *_ = deepspeed.initialize(model=model, config=config)
+        engine.eval()
+        return engine
+
+    return place
+
+
 def initialize(policy: nn.Module, t: TrainingConfig, ds_config: dict):
     """The DeepSpeed engine over the trainable parameters, AdamW and the LR schedule."""
     import deepspeed

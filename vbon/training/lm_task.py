@@ -7,6 +7,7 @@ for the policy and the reference alike (top-k and top-p only shape the rollouts)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -129,9 +130,11 @@ class LanguageModelTask:
     def setup(self, device: torch.device) -> None:
         self.device = device
         self.tok = load_tokenizer(self.cfg.model)
-        self.reference = load_causal_lm(self.cfg.model, device).requires_grad_(False)
         self.scorer = build_scorer(self.cfg.reward)
         self.top_blocks = 0  # > 0 once the policy shares the reference's frozen trunk
+
+    def load_reference(self, place: Callable[[nn.Module], nn.Module] = lambda m: m) -> None:
+        self.reference = place(load_causal_lm(self.cfg.model, self.device).requires_grad_(False))
 
     def build_policy(self, value_head: bool) -> nn.Module:
         t = self.cfg.training

@@ -81,7 +81,7 @@ class _Log:
 
 
 def _reduce(metrics: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Mean over workers (sums for token counts, max for memory)."""
+    """Mean over workers (sums for token counts, the largest worker's memory)."""
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_world_size() == 1:
@@ -94,8 +94,8 @@ def _reduce(metrics: dict[str, float], device: torch.device) -> dict[str, float]
     world = dist.get_world_size()
     out = {}
     for i, k in enumerate(keys):
-        out[k] = float(peak[i]) if k == "peak_mem_mib" else float(vec[i])
-        if k not in ("peak_mem_mib", "tokens", "tokens_per_s"):
+        out[k] = float(peak[i]) if k.endswith("_mib") else float(vec[i])
+        if not k.endswith("_mib") and k not in ("tokens", "tokens_per_s"):
             out[k] /= world
     return out
 
@@ -135,7 +135,7 @@ def train_loop(config: dict) -> None:
     from vbon.core.bon import bon_pick_probs
     from vbon.methods import get_method
     from vbon.training import engine as ds
-    from vbon.training import timing
+    from vbon.training import memory, timing
     from vbon.training.update import cached_step, rl_step
 
     ctx = ray.train.get_context()
@@ -154,6 +154,7 @@ def train_loop(config: dict) -> None:
     per_worker = t.prompts_per_step // world
     ds_config = ds.deepspeed_config(t, per_worker * t.samples_per_prompt, job.bf16)
     with ds.zero3_init(ds_config):
+        task.load_reference(ds.frozen_placement(ds_config))
         policy = task.build_policy(value_head=method.uses_rollouts and t.estimator == "ppo")
     engine = ds.initialize(policy, t, ds_config)
     zero3 = engine.zero_optimization_stage() == 3
@@ -183,12 +184,16 @@ def train_loop(config: dict) -> None:
             )
             metrics = rl_step(engine, task, batch, t, job.beta, cached)
         elapsed = time.perf_counter() - began
-        metrics |= timing.take() | {
-            "step_s": elapsed,
-            "tokens_per_s": metrics["tokens"] / elapsed,
-            "lr": engine.get_lr()[0],
-            "peak_mem_mib": peak_memory_mib(device),
-        }
+        metrics |= (
+            timing.take()
+            | {
+                "step_s": elapsed,
+                "tokens_per_s": metrics["tokens"] / elapsed,
+                "lr": engine.get_lr()[0],
+                "peak_mem_mib": peak_memory_mib(device),
+            }
+            | memory.model_states(engine, getattr(task, "reference", None))
+        )
         metrics = _reduce(metrics, device)
         if t.eval_every and ((step + 1) % t.eval_every == 0 or step + 1 == t.steps):
             metrics |= _heldout(task, engine.module, rank, world, zero3, device)

@@ -9,6 +9,7 @@ The method (`vbon.methods.Method`) says how rollouts are scored and cached sampl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -54,7 +55,12 @@ class Task(Protocol):
     num_prompts: int
 
     def setup(self, device: torch.device) -> None:
-        """Load the reference and the scorer (before any ZeRO-3 context exists)."""
+        """Load the scorer and the data (before any ZeRO-3 context exists)."""
+
+    def load_reference(self, place: Callable[[nn.Module], nn.Module] = ...) -> None:
+        """Load the frozen pi_ref (inside the ZeRO-3 context, when there is one). `place` puts a
+        reference model where the trainer wants it (`vbon.training.engine.frozen_placement`);
+        by default it stays whole on this worker."""
 
     def build_policy(self, value_head: bool) -> nn.Module:
         """The trainable module, initialised from the reference."""

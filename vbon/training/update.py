@@ -21,6 +21,7 @@ from vbon.core.losses import (
     value_loss,
     weighted_nll,
 )
+from vbon.training.memory import note_gradients
 from vbon.training.task import Batch, Task
 from vbon.training.timing import phase
 
@@ -94,6 +95,7 @@ def rl_step(
         with phase("backward"):
             engine.backward(loss)
         with phase("optimizer"):
+            note_gradients(engine)
             engine.step()
     metrics = {"loss": loss.item(), "clip_frac": float(clip_frac), "tokens": float(mask.sum())}
     if batch.from_reference:  # the rows are pi_ref's: their reward says nothing of pi
@@ -117,5 +119,6 @@ def cached_step(engine, task: Task, batch: Batch, t: TrainingConfig) -> dict[str
         with phase("backward"):
             engine.backward(loss)
         with phase("optimizer"):
+            note_gradients(engine)
             engine.step()
     return {"loss": loss.item(), "tokens": float(batch.mask.sum())}
