@@ -100,7 +100,7 @@ def main() -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     rows = []
     with ray_session(ResourcesConfig(), verbose=False), tempfile.TemporaryDirectory() as tmp:
-        for stage in (2, 3):
+        for stage in (3, 2):  # ZeRO-3 first: the stage that partitions parameters
             for offload in (False, True):
                 for workers in args.workers:
                     rows.append(measure(workers, stage, offload, Path(tmp)))

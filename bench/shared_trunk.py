@@ -32,7 +32,7 @@ def timed(task: LanguageModelTask, policy, prompts: list[int], k: int, shared: b
     t0 = time.perf_counter()
     batch = task.reference_rollout(prompts, k, 0, get_method("vbon"))
     t1 = time.perf_counter()
-    logprobs, _ = task.forward(policy, batch)
+    logprobs = task.forward(policy, batch)[0]
     t2 = time.perf_counter()
     (logprobs * batch.mask).sum().backward()
     t3 = time.perf_counter()

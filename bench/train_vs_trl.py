@@ -6,7 +6,8 @@ Both run the same objective, KL-regularised RL on the raw VADER reward with RLOO
 the same prompts x samples per step, completion length, sampling settings (T = 1, no top-k or
 top-p), learning rate, float32 weights and number of steps. vbon runs with 1 Ray Train worker
 (1 core) and with 2 (1 core each); TRL runs in one process with 1 and with 2 torch threads. The
-first `--warmup` steps of each run are left out. TRL runs in its own environment
+first `--warmup` steps of each run are left out; vbon's runs also record their step-time
+breakdown (`phases_s`). TRL runs in its own environment
 (`make bench-trl-env`: `.venv-trl`), so it never constrains vbon's pins.
 
 Writes bench/results/train_vs_trl.json.
@@ -76,7 +77,9 @@ def run_vbon(trainable: str, workers: int, steps: int, warmup: int, tmp: Path) -
     out = run_training(cfg, samples, tmp / f"vbon-{trainable}-{workers}")
     timed = read_steps(out / "metrics.jsonl")[warmup:]
     seconds = sum(s["step_s"] for s in timed)
+    phases = {k: sum(s[k] for s in timed) / len(timed) for k in timed[0] if k.startswith("time_")}
     return {
+        "phases_s": phases,
         "step_s": seconds / len(timed),
         "tokens_per_s": sum(s["tokens"] for s in timed) / seconds,
     }

@@ -73,7 +73,8 @@ def test_n_beta_mapping_round_trips() -> None:
 
 def _space(k: int = 300, seed: int = 0, levels: int | None = None):
     g = torch.Generator().manual_seed(seed)
-    p = torch.distributions.Dirichlet(torch.ones(k, dtype=torch.float64)).sample()
+    exp1 = -torch.log1p(-torch.rand(k, generator=g, dtype=torch.float64))
+    p = exp1 / exp1.sum()  # a Dirichlet(1, ..., 1) draw from this test's own generator
     r = torch.randn(k, generator=g, dtype=torch.float64)
     if levels is not None:
         r = torch.randint(levels, (k,), generator=g).double()
@@ -89,9 +90,10 @@ def test_exact_reward_optimum_is_pi_bon(n: int, levels: int | None) -> None:
     reward = exact_reward(p_lt, p_le, torch.log(p), n)
     optimum = torch.softmax(torch.log(p) + reward / beta_from_n(n), 0)
     assert torch.allclose(optimum, bon_probs(p, r, n), atol=1e-12)
-    # dividing by N (as the authors' code does) moves the optimum off pi_BoN
+    # dividing by N (as the authors' code does) moves the optimum off pi_BoN, by far more than
+    # the rounding above (a few levels at large N leave little mass outside the top level)
     off = torch.softmax(torch.log(p) + reward * (n - 1) / n / beta_from_n(n), 0)
-    assert (off - bon_probs(p, r, n)).abs().sum() > 1e-3
+    assert (off - bon_probs(p, r, n)).abs().sum() > 1e-5
 
 
 @pytest.mark.parametrize("n", [2, 4, 8])

@@ -8,6 +8,7 @@ import torch
 from vbon.core.losses import (
     effective_sample_fraction,
     gae_advantages,
+    kl_full,
     kl_k1,
     kl_k3,
     kl_penalized_rewards,
@@ -62,11 +63,37 @@ def test_gae_without_values_is_reward_to_go() -> None:
 def test_kl_penalized_rewards_put_score_on_last_token() -> None:
     logp, ref = torch.full((3, 4), -1.0), torch.full((3, 4), -1.5)
     score = torch.tensor([10.0, 20.0, 30.0])
-    r = kl_penalized_rewards(score, logp, ref, MASK, beta=0.1)
+    r = kl_penalized_rewards(score, kl_k1(logp, ref), MASK, beta=0.1)
     assert r[0].tolist() == pytest.approx([-0.05, -0.05, 9.95, 0.0])
     assert r[1, 3] == pytest.approx(19.95) and r[2, 0] == pytest.approx(29.95)
-    total = sequence_kl_penalized_reward(score, logp, ref, MASK, beta=0.1)
+    total = sequence_kl_penalized_reward(score, kl_k1(logp, ref), MASK, beta=0.1)
     assert torch.allclose(total, r.sum(-1))
+
+
+def test_full_kl_splits_the_sequence_kl_gradient_exactly() -> None:
+    """On a 2-token autoregressive world (vocab 3), by enumeration: sum_t kl_full is the sequence
+    KL(pi || ref) in expectation, and its gradient is E[grad log pi(y) sum_t KL_t] (through the
+    reward) plus E[sum_t grad KL_t(s_t)] (kl_full in the loss)."""
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(4, 3, generator=g, requires_grad=True)  # state: start, then first token
+    ref = torch.log_softmax(torch.randn(4, 3, generator=g), -1)
+    logp = torch.log_softmax(theta, -1)
+    seqs = [(a, b) for a in range(3) for b in range(3)]
+    states = torch.tensor([[0, 1 + a] for a, _ in seqs])
+    tokens = torch.tensor(seqs)
+    seq_logp = logp[states, tokens].sum(-1)
+    p = seq_logp.exp()
+    kl_t = kl_full(logp[states], ref[states])  # [9, 2]
+    exact = (p * (seq_logp - ref[states, tokens].sum(-1))).sum()
+    assert torch.allclose((p.detach() * kl_t.sum(-1)).sum(), exact)
+
+    (want,) = torch.autograd.grad(exact, theta, retain_graph=True)
+    through_reward = (p.detach() * seq_logp * kl_t.sum(-1).detach()).sum()
+    direct = (p.detach() * kl_t.sum(-1)).sum()
+    (reward_only,) = torch.autograd.grad(through_reward, theta, retain_graph=True)
+    (got,) = torch.autograd.grad(through_reward + direct, theta)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert (reward_only - want).abs().max() > 1e-2  # the direct part is not negligible
 
 
 def test_ppo_gradient_is_policy_gradient_then_clips() -> None:

@@ -12,7 +12,7 @@ from vbon.methods import METHODS, best_of_first_n_weights, method_family, method
 from vbon.sampling.generate import completion_lengths, inverse_cdf_sample, sampling_probs
 from vbon.training.engine import deepspeed_config
 from vbon.training.task import Batch
-from vbon.training.update import advantages
+from vbon.training.update import advantages, token_kl
 
 
 def test_sampling_probs_temperature_top_k_and_top_p() -> None:
@@ -70,7 +70,8 @@ def test_rloo_advantages_are_leave_one_out_on_every_token() -> None:
     batch = _batch([1.0, 3.0, 0.0, 2.0])
     old_lp = torch.full((4, 3), -0.5)  # k1 = 0.5 per token, 1.0 per sequence
     t = TrainingConfig(estimator="rloo", samples_per_prompt=2)
-    adv, returns = advantages(batch, old_lp, None, t, beta=0.5)
+    kl = token_kl(batch, old_lp, None, t.kl_estimator)
+    adv, returns = advantages(batch, old_lp, kl, None, t, beta=0.5)
     expected = rloo_advantages((batch.score - 0.5).view(2, 2)).flatten()
     assert returns is None
     assert torch.allclose(adv, expected[:, None] * batch.mask)
@@ -80,12 +81,13 @@ def test_ppo_advantages_are_whitened_gae_with_value_targets() -> None:
     batch = _batch([1.0, 3.0, 0.0, 2.0])
     values = torch.zeros(4, 3)
     t = TrainingConfig(gae_lambda=1.0)
-    adv, returns = advantages(batch, torch.full((4, 3), -1.0), values, t, beta=0.5)
+    no_kl = torch.zeros(4, 3)
+    adv, returns = advantages(batch, torch.full((4, 3), -1.0), no_kl, values, t, beta=0.5)
     on = batch.mask.bool()
     assert adv[on].mean().abs() < 1e-6 and (adv[~on] == 0).all()
     # no KL (pi = pi_ref), gamma = lambda = 1, V = 0: every token's return is the score
     assert torch.allclose(returns[:, 0], batch.score) and torch.allclose(returns[:, 1], batch.score)
-    lam = advantages(batch, torch.full((4, 3), -1.0), values, TrainingConfig(), 0.5)[1]
+    lam = advantages(batch, torch.full((4, 3), -1.0), no_kl, values, TrainingConfig(), 0.5)[1]
     assert torch.allclose(lam[:, 0], 0.95 * batch.score)  # lambda = 0.95 discounts the score
 
 
@@ -115,10 +117,40 @@ def test_value_slice_lines_up_with_the_completion_tokens(tiny_path) -> None:
     batch = Batch(ids, att, torch.ones(2, 3), group_size=1)
     task = LanguageModelTask.__new__(LanguageModelTask)
     task.cfg = type("C", (), {"sampling": type("S", (), {"temperature": 1.0})})()
-    logprobs, values = task.forward(policy, batch)
+    logprobs, values, _ = task.forward(policy, batch)
     _, full_values = policy(ids, att)
     assert torch.allclose(values, full_values[:, 2:5], atol=1e-5)
     assert torch.allclose(logprobs, forward_logprobs(lm, ids, att, 3, 1.0), atol=1e-5)
+
+
+def test_full_kl_forward_is_the_exact_per_token_kl(tiny_path) -> None:
+    """lm_task.forward with `ref_distributions`: the per-token KL over the whole vocabulary, 0
+    where the policy is the reference, and differentiable (the loss's direct KL term)."""
+    from vbon.config import ModelConfig
+    from vbon.models import load_causal_lm
+    from vbon.models.logprobs import forward_logprobs
+    from vbon.training.lm_task import LanguageModelTask, PolicyModel
+
+    ref = load_causal_lm(ModelConfig(name_or_path=str(tiny_path)))
+    lm = load_causal_lm(ModelConfig(name_or_path=str(tiny_path)))
+    ids = torch.tensor([[0, 5, 6, 7, 8, 9], [3, 4, 5, 6, 7, 8]])
+    att = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    q = forward_logprobs(ref, ids, att, 3, 0.7, full=True)
+    batch = Batch(ids, att, torch.ones(2, 3), group_size=1, ref_distributions=q)
+    task = LanguageModelTask.__new__(LanguageModelTask)
+    task.cfg = type("C", (), {"sampling": type("S", (), {"temperature": 0.7})})()
+    policy = PolicyModel(lm, value_head=False)
+    assert task.forward(policy, batch)[2].abs().max() < 1e-5
+
+    with torch.no_grad():
+        lm.lm_head.weight.add_(0.3 * torch.randn_like(lm.lm_head.weight))
+    logprobs, _, kl = task.forward(policy, batch)
+    p = forward_logprobs(lm, ids, att, 3, 0.7, full=True)
+    want = (p.exp() * (p - q)).sum(-1)
+    assert kl.shape == (2, 3) and torch.allclose(kl, want, atol=1e-5) and (kl > 1e-3).all()
+    assert torch.allclose(logprobs, p.gather(-1, ids[:, -3:, None]).squeeze(-1), atol=1e-5)
+    kl.sum().backward()
+    assert lm.lm_head.weight.grad.abs().sum() > 0
 
 
 def test_registry_labels_families_and_weights() -> None:

@@ -153,12 +153,13 @@ class TrainingConfig(_Section):
     clip_ratio: float = Field(0.2, gt=0.0)
     gamma: float = Field(1.0, ge=0.0, le=1.0)
     gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
-    kl_estimator: Literal["k1", "k3"] = "k1"
+    kl_estimator: Literal["k1", "k3", "full"] = "k1"
     trainable: Literal["all", "top_layers", "lora"] = "all"
     top_layers: int = Field(2, ge=1)
     lora_rank: int = Field(8, ge=1)
     zero_stage: Literal[0, 1, 2, 3] = 2
     cpu_offload: bool = False
+    gather_for_generation: bool = True  # ZeRO-3: generate from the whole policy on each rank
     checkpoint_every: int = Field(50, ge=1)
     max_failures: int = Field(2, ge=0)
     eval_every: int = Field(0, ge=0)

@@ -38,17 +38,22 @@ def kl_k3(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
 KL_ESTIMATORS = {"k1": kl_k1, "k3": kl_k3}
 
 
+def kl_full(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """The exact per-token KL(pi(.|s_t) || pi_ref(.|s_t)) = sum_a pi(a|s_t) log(pi(a|s_t) /
+    pi_ref(a|s_t)), from log-probabilities over the vocabulary [B, T, V]; returns [B, T].
+
+    With no sampling noise in it. The sequence KL(pi || pi_ref) = E_pi[sum_t KL_t(s_t)] has the
+    gradient E_pi[grad log pi(y) sum_t KL_t] + E_pi[sum_t grad KL_t(s_t)] (states held fixed in
+    the second): the first comes through the reward, the second is `kl_full` in the loss."""
+    return (logprobs.exp() * (logprobs - ref_logprobs)).sum(-1)
+
+
 def kl_penalized_rewards(
-    score: torch.Tensor,
-    logprob: torch.Tensor,
-    ref_logprob: torch.Tensor,
-    mask: torch.Tensor,
-    beta: float,
-    estimator: str = "k1",
+    score: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float
 ) -> torch.Tensor:
     """Per-token rewards r_t = -beta * kl_t, plus the sequence score on its last token
-    (the paper's PPO setup, Sec. 5). score: [B]; returns [B, T]."""
-    rewards = -beta * KL_ESTIMATORS[estimator](logprob, ref_logprob) * mask
+    (the paper's PPO setup, Sec. 5). score: [B], kl: [B, T]; returns [B, T]."""
+    rewards = -beta * kl * mask
     last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & (mask > 0)
     return rewards + last * score.unsqueeze(-1)
 
@@ -137,15 +142,10 @@ def effective_sample_fraction(seq_logratio: torch.Tensor) -> torch.Tensor:
 
 
 def sequence_kl_penalized_reward(
-    score: torch.Tensor,
-    logprob: torch.Tensor,
-    ref_logprob: torch.Tensor,
-    mask: torch.Tensor,
-    beta: float,
-    estimator: str = "k1",
+    score: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float
 ) -> torch.Tensor:
     """Sequence-level R(y) = score(y) - beta * sum_t kl_t, the reward that RLOO ranks. [B]."""
-    return score - beta * (KL_ESTIMATORS[estimator](logprob, ref_logprob) * mask).sum(-1)
+    return score - beta * (kl * mask).sum(-1)
 
 
 def weighted_nll(

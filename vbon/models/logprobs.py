@@ -6,13 +6,20 @@ import torch
 from torch import nn
 
 
+def completion_distributions(
+    logits: torch.Tensor, num_completion: int, temperature: float
+) -> torch.Tensor:
+    """log softmax(logits / T) over the vocabulary at each completion position, [B, T, V]:
+    position t predicts token t+1."""
+    return torch.log_softmax(logits[:, -num_completion - 1 : -1].float() / temperature, -1)
+
+
 def completion_logprobs(
     logits: torch.Tensor, input_ids: torch.Tensor, num_completion: int, temperature: float
 ) -> torch.Tensor:
-    """log softmax(logits / T) of each completion token, [B, T]: position t predicts token t+1."""
-    logits = logits[:, -num_completion - 1 : -1].float() / temperature
-    targets = input_ids[:, -num_completion:]
-    return torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    """log softmax(logits / T) of each completion token, [B, T]."""
+    dist = completion_distributions(logits, num_completion, temperature)
+    return dist.gather(-1, input_ids[:, -num_completion:, None]).squeeze(-1)
 
 
 def last_positions(input_ids: torch.Tensor, n: int) -> torch.Tensor | int:
@@ -35,9 +42,10 @@ def forward_logprobs(
     attention_mask: torch.Tensor,
     num_completion: int,
     temperature: float,
+    full: bool = False,
 ) -> torch.Tensor:
     """`model_logprobs` without a graph (a frozen model's log-probabilities)."""
-    return model_logprobs(model, input_ids, attention_mask, num_completion, temperature)
+    return model_logprobs(model, input_ids, attention_mask, num_completion, temperature, full)
 
 
 def model_logprobs(
@@ -46,14 +54,18 @@ def model_logprobs(
     attention_mask: torch.Tensor,
     num_completion: int,
     temperature: float,
+    full: bool = False,
 ) -> torch.Tensor:
-    """log pi(y_t | x, y_<t) of the last `num_completion` tokens, [B, T]."""
+    """log pi(y_t | x, y_<t) of the last `num_completion` tokens, [B, T]; with `full`, log pi(. |
+    x, y_<t) over the whole vocabulary, [B, T, V]."""
     logits = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=positions(attention_mask),
         logits_to_keep=last_positions(input_ids, num_completion + 1),
     ).logits
+    if full:
+        return completion_distributions(logits, num_completion, temperature)
     return completion_logprobs(logits, input_ids, num_completion, temperature)
 
 

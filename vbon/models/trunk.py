@@ -57,11 +57,14 @@ def reference_logprobs_and_trunk(
     num_completion: int,
     temperature: float,
     top_blocks: int,
+    full: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """pi_ref's log-probabilities of the last `num_completion` tokens [B, T] and the hidden
-    state entering its top `top_blocks` blocks [B, S, H]."""
+    """pi_ref's log-probabilities of the last `num_completion` tokens [B, T] (with `full`, over
+    the vocabulary [B, T, V]) and the hidden state entering its top `top_blocks` blocks [B, S, H]."""
     with block_input(reference, -top_blocks) as captured:
-        logprobs = model_logprobs(reference, input_ids, attention_mask, num_completion, temperature)
+        logprobs = model_logprobs(
+            reference, input_ids, attention_mask, num_completion, temperature, full
+        )
     return logprobs, captured["hidden"]
 
 

@@ -101,8 +101,8 @@ class ToyTask:
             "bon": float(win_rate_vs_ref(bon, p, r)),
         }
 
-    def forward(self, policy, batch: Batch) -> tuple[torch.Tensor, None]:
-        return policy(batch.input_ids), None
+    def forward(self, policy, batch: Batch) -> tuple[torch.Tensor, None, None]:
+        return policy(batch.input_ids), None, None
 
     def export(self, policy: TabularPolicy, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

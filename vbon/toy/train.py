@@ -16,6 +16,7 @@ import torch
 from vbon.core.bon import reward_masses
 from vbon.core.cdf import empirical_masses
 from vbon.core.losses import (
+    kl_k1,
     ppo_policy_loss,
     rloo_advantages,
     sequence_kl_penalized_reward,
@@ -121,7 +122,7 @@ def _rl_loss(policy, ref, score, run: ToyRun, g) -> torch.Tensor:
     mask = torch.ones_like(logp)
     with torch.no_grad():
         ref_logp = ref.token_logprobs(seqs)
-        total = sequence_kl_penalized_reward(score(seqs), logp, ref_logp, mask, run.kl_coef)
+        total = sequence_kl_penalized_reward(score(seqs), kl_k1(logp, ref_logp), mask, run.kl_coef)
         adv = rloo_advantages(total[None])[0]
     loss, _ = ppo_policy_loss(logp, logp.detach(), adv[:, None].expand_as(logp), mask)
     return loss

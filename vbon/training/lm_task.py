@@ -16,12 +16,13 @@ from transformers import PreTrainedModel
 
 from vbon.config import WorkflowConfig
 from vbon.core.cdf import empirical_masses
+from vbon.core.losses import kl_full
 from vbon.core.metrics import best_of_first_n, win_rate_vs_reward, win_rate_vs_samples
 from vbon.methods import Method, WeightFn
 from vbon.models import load_causal_lm, load_tokenizer
 from vbon.models.logprobs import (
     append_completions,
-    completion_logprobs,
+    completion_distributions,
     forward_logprobs,
     last_positions,
     positions,
@@ -235,13 +236,18 @@ class LanguageModelTask:
             batch.mask.shape[1],
             self.cfg.sampling.temperature,
         )
+        full = self.cfg.training.kl_estimator == "full"
         with phase("reference"):
             if self.top_blocks:
-                batch.ref_logprobs, batch.trunk = reference_logprobs_and_trunk(
-                    self.reference, *args, self.top_blocks
+                ref, batch.trunk = reference_logprobs_and_trunk(
+                    self.reference, *args, self.top_blocks, full
                 )
             else:
-                batch.ref_logprobs = forward_logprobs(self.reference, *args)
+                ref = forward_logprobs(self.reference, *args, full)
+        if full:
+            batch.ref_distributions = ref
+            ref = ref.gather(-1, batch.input_ids[:, -batch.mask.shape[1] :, None]).squeeze(-1)
+        batch.ref_logprobs = ref
         seq_ref = (batch.ref_logprobs * batch.mask).sum(-1).double().cpu().view(len(rows), k)
         score = method.score(rewards, p_lt, p_le, seq_ref, self.cfg.n)
         batch.score = score.flatten().float().to(self.device)
@@ -283,11 +289,13 @@ class LanguageModelTask:
             "bon": float(bon.sum()) if ref.shape[1] > n else float("nan"),
         }
 
-    def forward(self, policy: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, policy: nn.Module, batch: Batch):
         t = batch.mask.shape[1]
         logits, values = policy(batch.input_ids, batch.attention_mask, t + 1, batch.trunk)
-        logprobs = completion_logprobs(logits, batch.input_ids, t, self.cfg.sampling.temperature)
-        return logprobs, None if values is None else values[:, -t - 1 : -1]
+        dist = completion_distributions(logits, t, self.cfg.sampling.temperature)
+        logprobs = dist.gather(-1, batch.input_ids[:, -t:, None]).squeeze(-1)
+        kl = None if batch.ref_distributions is None else kl_full(dist, batch.ref_distributions)
+        return logprobs, None if values is None else values[:, -t - 1 : -1], kl
 
     def export(self, policy: nn.Module, folder: Path) -> None:
         lm = policy.lm

@@ -157,13 +157,16 @@ def train_loop(config: dict) -> None:
         task.load_reference(ds.frozen_placement(ds_config))
         policy = task.build_policy(value_head=method.uses_rollouts and t.estimator == "ppo")
     engine = ds.initialize(policy, t, ds_config)
-    zero3 = engine.zero_optimization_stage() == 3
+
+    def generating():  # the whole policy on each rank while it generates (ZeRO-3)
+        return ds.whole_policy_for_generation(engine, t.gather_for_generation)
 
     start = _restore(engine)
     if start:
         log.event({"event": "resume", "step": start, "optimizer_steps": ds.optimizer_steps(engine)})
     elif t.eval_every:  # the learning curve starts at the reference
-        log.step(0, _heldout(task, engine.module, rank, world, zero3, device))
+        with generating() as synced:
+            log.step(0, _heldout(task, engine.module, rank, world, synced, device))
     for step in range(start, t.steps):
         began = time.perf_counter()
         prompts = step_prompts(task.num_prompts, t.prompts_per_step, step, t.seed)[rank::world]
@@ -178,7 +181,8 @@ def train_loop(config: dict) -> None:
             batch = task.cached(prompts, method.cached_weights, k, seed)
             metrics = cached_step(engine, task, batch, t)
         else:
-            batch = task.rollout(engine.module, prompts, k, seed, zero3, method)
+            with generating() as synced:
+                batch = task.rollout(engine.module, prompts, k, seed, synced, method)
             cached = (
                 task.cached(prompts, method.cached_weights, k, seed) if method.uses_cached else None
             )
@@ -196,7 +200,8 @@ def train_loop(config: dict) -> None:
         )
         metrics = _reduce(metrics, device)
         if t.eval_every and ((step + 1) % t.eval_every == 0 or step + 1 == t.steps):
-            metrics |= _heldout(task, engine.module, rank, world, zero3, device)
+            with generating() as synced:
+                metrics |= _heldout(task, engine.module, rank, world, synced, device)
         log.step(step + 1, metrics)
         last = step + 1 == t.steps
         if last or (step + 1) % t.checkpoint_every == 0:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from vbon.methods import Method, WeightFn
 
@@ -30,7 +30,8 @@ class Batch:
     `weights` [B] instead. `from_reference`: the rows were drawn from pi_ref, not from the policy
     (an RL batch of cached samples, importance-weighted by the update). `trunk` [B, S, H]: the
     reference's hidden state below the trained top blocks, when the policy shares it
-    (`vbon.models.trunk`).
+    (`vbon.models.trunk`). `ref_distributions` [B, T, V]: pi_ref's log-probabilities over the
+    vocabulary at each completion position, for `training.kl_estimator: full`.
     """
 
     input_ids: torch.Tensor
@@ -43,6 +44,7 @@ class Batch:
     weights: torch.Tensor | None = None
     from_reference: bool = False
     trunk: torch.Tensor | None = None
+    ref_distributions: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         moved = {
@@ -82,8 +84,12 @@ class Task(Protocol):
         """This rank's sums for the learning curve: {"prompts", "policy", "bon"} (win rates
         against the reference, summed over its held-out prompts)."""
 
-    def forward(self, policy: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """log pi(y_t) on the completion tokens [B, T], and values [B, T] if the policy has them."""
+    def forward(
+        self, policy: nn.Module, batch: Batch
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """log pi(y_t) on the completion tokens [B, T]; values [B, T] if the policy has them; the
+        exact per-token KL to pi_ref [B, T] (`core.losses.kl_full`, with its graph) if the batch
+        carries `ref_distributions`."""
 
     def export(self, policy: nn.Module, folder: Path) -> None:
         """Write the trained policy where users load it from."""

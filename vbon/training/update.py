@@ -9,10 +9,12 @@ import torch
 
 from vbon.config import TrainingConfig
 from vbon.core.losses import (
+    KL_ESTIMATORS,
     effective_sample_fraction,
     gae_advantages,
     kl_k1,
     kl_penalized_rewards,
+    masked_mean,
     masked_whiten,
     ppo_policy_loss,
     rloo_advantages,
@@ -26,9 +28,22 @@ from vbon.training.task import Batch, Task
 from vbon.training.timing import phase
 
 
+def token_kl(
+    batch: Batch, logprob: torch.Tensor, full: torch.Tensor | None, estimator: str
+) -> torch.Tensor:
+    """The per-token KL term of the penalty [B, T]: sampled (k1, k3) from the completion's
+    log-probabilities, or the exact one over the vocabulary (`full`)."""
+    if estimator != "full":
+        return KL_ESTIMATORS[estimator](logprob, batch.ref_logprobs)
+    if full is None:
+        raise ValueError("training.kl_estimator: full needs a language-model task; use k1")
+    return full
+
+
 def advantages(
     batch: Batch,
     old_lp: torch.Tensor,
+    old_kl: torch.Tensor,
     old_values: torch.Tensor | None,
     t: TrainingConfig,
     beta: float,
@@ -40,20 +55,25 @@ def advantages(
     baseline becomes the self-normalised importance-sampling one (`snis_advantages`)."""
     mask = batch.mask
     if t.estimator == "ppo":
-        rewards = kl_penalized_rewards(
-            batch.score, old_lp, batch.ref_logprobs, mask, beta, t.kl_estimator
-        )
+        rewards = kl_penalized_rewards(batch.score, old_kl, mask, beta)
         adv, returns = gae_advantages(rewards, old_values, mask, t.gamma, t.gae_lambda)
         return masked_whiten(adv, mask), returns
-    total = sequence_kl_penalized_reward(
-        batch.score, old_lp, batch.ref_logprobs, mask, beta, t.kl_estimator
-    )
+    total = sequence_kl_penalized_reward(batch.score, old_kl, mask, beta)
     groups = total.view(-1, batch.group_size)
     if batch.from_reference:
         adv = snis_advantages(groups, _seq_logratio(batch, old_lp).view_as(groups)).flatten()
     else:
         adv = rloo_advantages(groups).flatten()
     return adv[:, None].expand_as(mask) * mask, None
+
+
+def _row_weights(batch: Batch, old_lp: torch.Tensor) -> torch.Tensor:
+    """Each row's weight in an expectation under pi [B, 1]: 1 on the policy's own rollouts;
+    k w_j (self-normalised importance weights, as in `snis_advantages`) on pi_ref's rows."""
+    if not batch.from_reference:
+        return torch.ones_like(old_lp[:, :1])
+    ratio = _seq_logratio(batch, old_lp).view(-1, batch.group_size)
+    return (batch.group_size * torch.softmax(ratio, -1)).reshape(-1, 1)
 
 
 def _seq_logratio(batch: Batch, logprob: torch.Tensor) -> torch.Tensor:
@@ -79,13 +99,17 @@ def rl_step(
     lam = t.jeffreys_lambda if cached is not None else 0.0
     for epoch in range(t.update_epochs):
         with phase("forward"):
-            logprob, values = task.forward(engine, batch)
+            logprob, values, kl = task.forward(engine, batch)
         if epoch == 0:
             old_lp = logprob.detach()
             old_values = None if values is None else values.detach()
             with torch.no_grad():
-                adv, returns = advantages(batch, old_lp, old_values, t, beta)
+                old_kl = token_kl(batch, old_lp, kl, t.kl_estimator).detach()
+                adv, returns = advantages(batch, old_lp, old_kl, old_values, t, beta)
+                weights = _row_weights(batch, old_lp)
         loss, clip_frac = ppo_policy_loss(logprob, old_lp, adv, mask, t.clip_ratio)
+        if kl is not None:  # the KL's gradient at fixed states (`core.losses.kl_full`)
+            loss = loss + beta * masked_mean(weights * kl, mask)
         if values is not None:
             loss = loss + t.value_coef * value_loss(values, old_values, returns, mask)
         if cached is not None:
@@ -114,7 +138,7 @@ def cached_step(engine, task: Task, batch: Batch, t: TrainingConfig) -> dict[str
     (the best of the first N) or BoN distillation (every sample by its chance to be the pick)."""
     for _ in range(t.update_epochs):
         with phase("forward"):
-            logprob, _ = task.forward(engine, batch)
+            logprob = task.forward(engine, batch)[0]
             loss = weighted_nll(logprob, batch.mask, batch.weights)
         with phase("backward"):
             engine.backward(loss)
