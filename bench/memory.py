@@ -20,10 +20,8 @@ import os
 import tempfile
 from pathlib import Path
 
-import matplotlib
-
 from vbon.config import ResourcesConfig, parse_workflow
-from vbon.plots import read_steps
+from vbon.plots import read_steps, stacked_bars
 from vbon.ray_runtime import ray_session
 from vbon.sampling.stage import run_sampling
 from vbon.training.stage import run_training
@@ -73,23 +71,11 @@ def measure(workers: int, stage: int, offload: bool, tmp: Path) -> dict:
 
 def plot(rows: list[dict], png: Path) -> None:
     """Stacked bars per run: parameters, gradients, optimizer state, other."""
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4))
     labels = [f"Z{r['zero_stage']}{' off' if r['offload'] else ''}\n{r['workers']}w" for r in rows]
-    bottom = [0.0] * len(rows)
-    parts = {k: [r[k] for r in rows] for k in STATES}
+    parts = {k.removeprefix("mem_").removesuffix("_mib"): [r[k] for r in rows] for k in STATES}
     parts["other"] = [r["peak_mem_mib"] - r["model_states_mib"] for r in rows]
-    for name, heights in parts.items():
-        ax.bar(labels, heights, bottom=bottom, label=name.removeprefix("mem_").removesuffix("_mib"))
-        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
-    ax.set_ylabel("MiB per worker (largest worker)")
-    ax.set_title("SmolLM2-135M, all layers trained: memory per worker")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    title = "SmolLM2-135M, all layers trained: memory per worker"
+    stacked_bars(labels, parts, "MiB per worker (largest worker)", title, png)
 
 
 def main() -> None:

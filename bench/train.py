@@ -20,10 +20,8 @@ import os
 import tempfile
 from pathlib import Path
 
-import matplotlib
-
 from vbon.config import ResourcesConfig, parse_workflow
-from vbon.plots import read_steps
+from vbon.plots import read_steps, stacked_bars
 from vbon.ray_runtime import ray_session
 from vbon.sampling.stage import run_sampling
 from vbon.training.stage import run_training
@@ -74,25 +72,10 @@ def time_run(model: str, workers: int, stage: int, steps: int, warmup: int, tmp:
 
 def breakdown_png(rows: list[dict], png: Path) -> None:
     """One stacked bar per run: seconds per step in each phase, the rest as "other"."""
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
     labels = [f"{r['model'].split(':')[-1][:8]}\n{r['workers']}w Z{r['zero_stage']}" for r in rows]
-    bottom = [0.0] * len(rows)
-    for phase in [*PHASES, "other"]:
-        if phase == "other":
-            heights = [r["step_s"] - sum(r["phases_s"].values()) for r in rows]
-        else:
-            heights = [r["phases_s"][phase] for r in rows]
-        ax.bar(labels, heights, bottom=bottom, label=phase)
-        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
-    ax.set_ylabel("seconds per step")
-    ax.set_title("where a training step's time goes")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    parts = {p: [r["phases_s"][p] for r in rows] for p in PHASES}
+    parts["other"] = [r["step_s"] - sum(r["phases_s"].values()) for r in rows]
+    stacked_bars(labels, parts, "seconds per step", "where a training step's time goes", png)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Pictures of results: training curves and the reward-versus-KL Pareto front (PNG, matplotlib)."""
+"""Pictures of results: training curves, the reward-versus-KL Pareto front and benchmark breakdowns
+(PNG, matplotlib)."""
 
 from __future__ import annotations
 
@@ -146,6 +147,24 @@ def pareto_plot(rows: list[dict], metric: str, label: str, png: Path, title: str
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png
+
+
+def stacked_bars(
+    labels: list[str], parts: dict[str, list[float]], ylabel: str, title: str, png: Path
+) -> Path:
+    """One stacked bar per label, one segment per part in order (a benchmark's breakdown)."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.0 * len(labels)), 4))
+    bottom = [0.0] * len(labels)
+    for name, heights in parts.items():
+        ax.bar(labels, heights, bottom=bottom, label=name)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
