@@ -12,7 +12,7 @@ from vbon.methods import METHODS, best_of_first_n_weights, method_family, method
 from vbon.sampling.generate import completion_lengths, inverse_cdf_sample, sampling_probs
 from vbon.training.engine import deepspeed_config
 from vbon.training.task import Batch
-from vbon.training.update import advantages, token_kl
+from vbon.training.update import _row_weights, advantages, token_kl
 
 
 def test_sampling_probs_temperature_top_k_and_top_p() -> None:
@@ -75,6 +75,25 @@ def test_rloo_advantages_are_leave_one_out_on_every_token() -> None:
     expected = rloo_advantages((batch.score - 0.5).view(2, 2)).flatten()
     assert returns is None
     assert torch.allclose(adv, expected[:, None] * batch.mask)
+
+
+def test_full_kl_term_and_row_weights_of_the_update() -> None:
+    """`full` hands the exact per-token KL to the reward (and fails clearly without one); the
+    loss's direct KL term weighs the policy's own rows 1 and pi_ref's rows k w_j (SNIS)."""
+    batch = _batch([1.0, 3.0, 0.0, 2.0])
+    old_lp = torch.tensor([[-0.5] * 3, [-1.5] * 3, [-1.0] * 3, [-1.0] * 3])
+    exact = torch.rand(4, 3)
+    assert token_kl(batch, old_lp, exact, "full") is exact
+    assert torch.allclose(token_kl(batch, old_lp, None, "k1"), old_lp + 1.0)
+    with pytest.raises(ValueError, match="kl_estimator: full"):
+        token_kl(batch, old_lp, None, "full")
+    assert (_row_weights(batch, old_lp) == 1).all()
+    batch.from_reference = True
+    w = _row_weights(batch, old_lp).view(2, 2)
+    assert torch.allclose(w.sum(-1), torch.full((2,), 2.0))  # k per prompt
+    log_ratio = ((old_lp - batch.ref_logprobs) * batch.mask).sum(-1)  # log pi(y)/pi_ref(y)
+    assert w[0, 0] / w[0, 1] == pytest.approx(torch.exp(log_ratio[0] - log_ratio[1]).item())
+    assert torch.allclose(w[1], torch.ones(2))  # equal ratios: equal weights
 
 
 def test_ppo_advantages_are_whitened_gae_with_value_targets() -> None:

@@ -127,9 +127,7 @@ def test_vbon_raises_the_reward_and_exports_a_loadable_model(
 
 def test_kl_rl_raises_the_raw_reward(samples: Path, tmp_path: Path) -> None:
     # beta small enough that the KL term does not drown letter-share differences of ~0.05
-    _, steps = _train(
-        samples, tmp_path / "klrl", algorithm="kl_rl", beta=0.005, kl_estimator="full"
-    )
+    _, steps = _train(samples, tmp_path / "klrl", algorithm="kl_rl", beta=0.005)
     assert _mean(steps[-5:], "reward") > _mean(steps[:5], "reward")
     assert all(s["score"] == pytest.approx(s["reward"], abs=1e-6) for s in steps)  # raw reward
 
