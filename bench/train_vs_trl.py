@@ -44,13 +44,13 @@ SHAPE = {
 }
 
 
-def workflow(trainable: str, workers: int, steps: int, num_prompts: int):
+def workflow(trainable: str, workers: int, steps: int):
     return parse_workflow(
         {
             "n": 2,
             "m": 2,
             "model": {"name_or_path": MODEL, "dtype": "float32"},
-            "data": {"max_prompts": num_prompts, "test_fraction": 0.0},
+            "data": {"max_prompts": SHAPE["prompts_per_step"] * steps, "test_fraction": 0.0},
             "evaluation": {"n_values": [1, 2]},
             "sampling": {"max_new_tokens": SHAPE["max_new_tokens"], "shard_size": 256},
             "resources": {"sampling_actors": 2, "train_workers": workers, "cpus_per_worker": 1},
@@ -72,7 +72,7 @@ def workflow(trainable: str, workers: int, steps: int, num_prompts: int):
 
 
 def run_vbon(trainable: str, workers: int, steps: int, warmup: int, tmp: Path) -> dict:
-    cfg = workflow(trainable, workers, steps, num_prompts=SHAPE["prompts_per_step"] * steps)
+    cfg = workflow(trainable, workers, steps)
     samples = run_sampling(cfg, tmp / "samples", progress=False)
     out = run_training(cfg, samples, tmp / f"vbon-{trainable}-{workers}")
     timed = read_steps(out / "metrics.jsonl")[warmup:]
@@ -86,7 +86,7 @@ def run_vbon(trainable: str, workers: int, steps: int, warmup: int, tmp: Path) -
 
 
 def run_trl(python: str, trainable: str, threads: int, steps: int, warmup: int) -> dict:
-    prompts = [p.text for p in load_prompts(workflow(trainable, 1, steps, 8 * steps).data)]
+    prompts = [p.text for p in load_prompts(workflow(trainable, 1, steps).data)]
     spec = SHAPE | {
         "model": resolve_model_path(MODEL),
         "prompts": prompts,

@@ -129,7 +129,7 @@ def test_train_vs_trl_runs_vbon_on_trls_work() -> None:
     bench = _bench("train_vs_trl")
     for trainable in ("top_layers", "all"):
         for workers in (1, 2):
-            t = bench.workflow(trainable, workers, 6, 48).training
+            t = bench.workflow(trainable, workers, 6).training
             assert (t.algorithm, t.estimator, t.trainable) == ("kl_rl", "rloo", trainable)
             assert (t.prompts_per_step, t.samples_per_prompt, t.beta, t.learning_rate) == tuple(
                 bench.SHAPE[k]
