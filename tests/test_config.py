@@ -62,6 +62,11 @@ BAD = [
         "set samples_per_prompt <= 3",
     ),
     ({"training": {"reference_steps": 2}}, "reference_steps importance-weights whole sequences"),
+    ({"training": {"prefix_baseline": True}}, "prefix_baseline gives RLOO per-token advantages"),
+    (
+        {"training": {"prefix_baseline": True, "estimator": "rloo", "algorithm": "bon_sft"}},
+        "it needs training.estimator: rloo and a method without a cached term",
+    ),
     ({"training": {"beta": 0.1}}, "training: algorithm 'vbon' fixes beta = 1/(N-1)"),
     ({"serving": {"min_replicas": 3, "max_replicas": 2}}, "serving.min_replicas (3) exceeds"),
     ({"evaluation": {"n_values": [1, 64]}, "m": 16}, "evaluation.n_values [64] exceed m (16)"),

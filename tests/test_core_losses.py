@@ -14,6 +14,7 @@ from vbon.core.losses import (
     kl_penalized_rewards,
     masked_mean,
     masked_whiten,
+    positional_group_advantages,
     ppo_policy_loss,
     rloo_advantages,
     sequence_kl_penalized_reward,
@@ -172,3 +173,69 @@ def test_weighted_nll_and_masked_helpers() -> None:
     assert masked_mean(torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1.0, 1.0, 0.0]])) == 2.0
     w = masked_whiten(torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1.0, 1.0, 0.0]]))
     assert w[0].tolist() == pytest.approx([-1.0, 1.0, 0.0], abs=1e-4)
+
+
+def test_positional_advantages_reduce_to_rloo_and_snis_for_sequence_returns() -> None:
+    g = torch.Generator().manual_seed(3)
+    total = torch.randn(2, 4, generator=g)
+    mask = torch.ones(2, 4, 5)
+    returns = total[..., None].expand(2, 4, 5)
+    rloo = positional_group_advantages(returns, mask)
+    assert torch.allclose(rloo, rloo_advantages(total)[..., None].expand(2, 4, 5), atol=1e-6)
+    ratio = torch.randn(2, 4, generator=g)
+    snis = positional_group_advantages(returns, mask, ratio)
+    assert torch.allclose(snis, snis_advantages(total, ratio)[..., None].expand(2, 4, 5), atol=1e-6)
+    # padding gets no advantage and is no part of another sample's baseline
+    mask[0, 0, 3:] = 0.0
+    returns = torch.randn(2, 4, 5, generator=g)
+    adv = positional_group_advantages(returns, mask)
+    assert (adv[0, 0, 3:] == 0).all()
+    assert adv[0, 1, 4] == pytest.approx(float(returns[0, 1, 4] - returns[0, 2:, 4].mean()))
+    assert adv[0, 1, 0] == pytest.approx(float(returns[0, 1, 0] - returns[0, [0, 2, 3], 0].mean()))
+
+
+def test_prefix_baseline_gradient_is_the_kl_regularised_objectives_gradient() -> None:
+    """By enumeration: a two-token world with an EOS (sequences of length 1 or 2), k = 2 samples
+    per prompt. Per-token returns from GAE(lambda = 1) with an arbitrary prefix baseline, centred
+    per position over the other sample, give in expectation the exact gradient of
+    E_pi[R] - beta KL(pi || pi_ref); GAE with lambda < 1 does not."""
+    vocab, eos, beta = 3, 0, 0.3
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(1 + vocab, vocab, generator=g, dtype=torch.float64, requires_grad=True)
+    ref_logits = torch.randn(1 + vocab, vocab, generator=g, dtype=torch.float64)
+    seqs = [(a,) for a in [eos]] + [(a, b) for a in range(vocab) if a != eos for b in range(vocab)]
+    reward = torch.randn(len(seqs), generator=g, dtype=torch.float64)
+    phi_table = torch.randn(1 + vocab, generator=g, dtype=torch.float64)  # V(empty), V(a)
+
+    def token_logprobs(logits: torch.Tensor, seq: tuple) -> torch.Tensor:
+        states = [0] + [1 + a for a in seq[:-1]]
+        lp = torch.log_softmax(logits[states], -1)
+        out = lp[torch.arange(len(seq)), torch.tensor(seq)]
+        return torch.nn.functional.pad(out, (0, 2 - len(seq)))
+
+    lp = torch.stack([token_logprobs(theta, s) for s in seqs])
+    ref_lp = torch.stack([token_logprobs(ref_logits, s) for s in seqs])
+    mask = torch.tensor([[1.0, float(len(s) == 2)] for s in seqs], dtype=torch.float64)
+    phi = torch.stack([phi_table[[0, 1 + s[0]]] for s in seqs]) * mask
+    seq_lp = (lp * mask).sum(-1)
+    pi = seq_lp.exp()
+    kl_seq = ((lp - ref_lp) * mask).sum(-1)
+    objective = (pi * reward).sum() - beta * (pi * kl_seq).sum()
+    (exact,) = torch.autograd.grad(objective, theta, retain_graph=True)
+
+    def expected_gradient(lam: float) -> torch.Tensor:
+        pairs = torch.cartesian_prod(torch.arange(len(seqs)), torch.arange(len(seqs)))
+        kl = (lp - ref_lp).detach()
+        rewards = kl_penalized_rewards(
+            reward[pairs].flatten(), kl[pairs].flatten(0, 1), mask[pairs].flatten(0, 1), beta
+        )
+        returns = gae_advantages(
+            rewards, phi[pairs].flatten(0, 1), mask[pairs].flatten(0, 1), 1.0, lam
+        )[0]
+        adv = positional_group_advantages(returns.view(-1, 2, 2), mask[pairs])
+        weight = pi.detach()[pairs].prod(-1)  # P(the pair) under pi
+        surrogate = (weight[:, None, None] * adv * lp[pairs]).sum() / 2
+        return torch.autograd.grad(surrogate, theta, retain_graph=True)[0]
+
+    assert torch.allclose(expected_gradient(1.0), exact, atol=1e-10)
+    assert (expected_gradient(0.5) - exact).abs().max() > 1e-3

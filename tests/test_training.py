@@ -19,8 +19,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vbon.config import ResourcesConfig, TrainingConfig, parse_workflow
 from vbon.core.bon import bon_probs
+from vbon.core.cdf import empirical_masses
 from vbon.errors import VbonError
 from vbon.methods import get_method
+from vbon.models.logprobs import forward_logprobs
 from vbon.plots import read_steps
 from vbon.sampling.stage import run_sampling
 from vbon.toy.task import ToyTask
@@ -132,6 +134,43 @@ def test_kl_rl_raises_the_raw_reward(samples: Path, tmp_path: Path) -> None:
     assert all(s["score"] == pytest.approx(s["reward"], abs=1e-6) for s in steps)  # raw reward
 
 
+def test_vbon_with_a_prefix_baseline_raises_the_reward(samples: Path, tmp_path: Path) -> None:
+    # per-token RLOO advantages with the prefix's score as V, also on reference-sample steps
+    _, steps = _train(
+        samples,
+        tmp_path / "prefix",
+        estimator="rloo",
+        prefix_baseline=True,
+        gae_lambda=1.0,
+        reference_steps=4,
+    )
+    assert [s["step"] for s in steps] == list(range(1, 21)) and "ess" in steps[0]
+    assert _mean(steps[-5:], "reward") > _mean(steps[4:9], "reward")
+
+
+def test_the_prefix_baseline_is_the_score_of_every_prefix(samples: Path) -> None:
+    raw = _raw(estimator="rloo", prefix_baseline=True)
+    task = LanguageModelTask(parse_workflow(raw), str(samples))
+    task.setup(torch.device("cpu"))
+    task.load_reference()
+    policy = task.build_policy(value_head=False)
+    method = get_method("vbon")
+    batch = task.rollout(policy, [0, 1], 4, 3, False, method)
+    assert batch.baseline.shape == batch.mask.shape
+    assert (batch.baseline[batch.mask == 0] == 0).all()
+    row = task.rows[1]
+    ref = torch.tensor([row["rewards"]], dtype=torch.float64)
+    ids = batch.input_ids[6, -batch.mask.shape[1] :][batch.mask[6].bool()].tolist()
+    texts = [task.tok.decode(ids[:t], skip_special_tokens=True) for t in range(len(ids))]
+    rewards = torch.tensor(
+        [task.scorer.score([row["prompt"]] * len(ids), texts)], dtype=torch.float64
+    )
+    expected = method.score(rewards, *empirical_masses(rewards, ref), None, task.cfg.n)[0]
+    assert torch.allclose(batch.baseline[6, : len(ids)].double(), expected, atol=1e-6)
+    cached = task.reference_rollout([0, 1], 4, 3, method)
+    assert cached.from_reference and cached.baseline.shape == cached.mask.shape
+
+
 @pytest.mark.parametrize("method", ["bon_sft", "bon_distill"])
 def test_cached_sample_methods_lower_their_nll(samples: Path, tmp_path: Path, method) -> None:
     _, steps = _train(
@@ -197,7 +236,12 @@ def test_the_shared_trunk_gives_the_policy_its_own_logprobs(
     policy = task.build_policy(value_head=True)
     assert policy.top_blocks == shared
     batch = task.rollout(policy, [0, 1], 4, 3, False, get_method("vbon"))
-    assert (batch.trunk is not None) == bool(shared)
+    assert (batch.trunk is not None) == bool(shared)  # collected while the policy generated
+    width, temperature = batch.mask.shape[1], task.cfg.sampling.temperature
+    ref = forward_logprobs(
+        task.reference, batch.input_ids, batch.attention_mask, width, temperature
+    )
+    assert torch.allclose(batch.ref_logprobs * batch.mask, ref * batch.mask, atol=1e-5)
     logprobs, values, _ = task.forward(policy, batch)
     batch.trunk = None
     full, full_values, _ = task.forward(policy, batch)

@@ -8,8 +8,17 @@ import torch
 from model_helpers import llama
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from vbon.models.logprobs import model_logprobs
-from vbon.models.trunk import reference_logprobs_and_trunk, shares_trunk, top_forward
+from vbon.config import SamplingConfig
+from vbon.models.logprobs import append_completions, model_logprobs
+from vbon.models.trunk import (
+    block_inputs,
+    generation_trunk,
+    reference_logprobs_and_trunk,
+    reference_logprobs_on,
+    shares_trunk,
+    top_forward,
+)
+from vbon.sampling.generate import generate, row_seed
 from vbon.training.lm_task import select_trainable
 
 
@@ -62,3 +71,35 @@ def test_a_moved_trunk_or_an_embedding_transform_is_detected(tiny_path: Path) ->
     policy, ref = _pair(gpt2)  # GPT-2 adds position embeddings to `inputs_embeds`
     ids, att = _batch(vocab=AutoTokenizer.from_pretrained(tiny_path).vocab_size)
     assert not shares_trunk(policy, ref, ids, att, 2)
+
+
+def test_the_trunk_collected_while_generating_is_the_reference_trunk(llama_path: Path) -> None:
+    """The hidden states the policy computed as it decoded (prefill, then one per step) are the
+    trunk a fresh forward of the rollout batch gives, and pi_ref's top blocks on them give its
+    log-probabilities: rows of different lengths, an early EOS and left padding included."""
+    tok = AutoTokenizer.from_pretrained(llama_path, padding_side="left")
+    policy, ref = _pair(lambda: AutoModelForCausalLM.from_pretrained(llama_path))
+    with torch.no_grad():  # EOS likely enough that some rows stop early (the head is not trunk)
+        for model in (policy, ref):
+            model.lm_head.weight[tok.eos_token_id] = model.lm_head.weight.mean(0) + 2.0
+    cfg = SamplingConfig(max_new_tokens=7, temperature=1.0, top_p=1.0, top_k=0)
+    prompts = ["the film was", "a long and quiet opening scene of the"]
+    seeds = [[row_seed(0, i, j) for j in range(3)] for i in range(2)]
+    with block_inputs(policy, -2) as chunks:
+        out = generate(policy, tok, prompts, seeds, cfg)
+    assert len(set(out.num_tokens)) > 1  # some rows stopped at EOS
+    enc = tok([p for p in prompts for _ in range(3)], return_tensors="pt", padding=True)
+    ids, att, mask = append_completions(
+        enc["input_ids"], enc["attention_mask"], out.token_ids, tok.pad_token_id
+    )
+    trunk = generation_trunk(chunks, att)
+    assert trunk is not None and trunk.shape[:2] == ids.shape
+    width = mask.shape[1]
+    _, fresh = reference_logprobs_and_trunk(ref, ids, att, width, 1.0, 2)
+    used = att.bool().clone()
+    used[:, -1] = False  # the last token's state is never fed, nor needed
+    assert torch.allclose(trunk[used], fresh[used], atol=1e-5)
+    on_trunk = reference_logprobs_on(ref, trunk, ids, att, width, 1.0, 2)
+    own = model_logprobs(ref, ids, att, width, 1.0)
+    assert torch.allclose(on_trunk[mask.bool()], own[mask.bool()], atol=1e-5)
+    assert generation_trunk(chunks, att[:2]) is None  # another batch's layout is refused

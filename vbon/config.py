@@ -128,7 +128,11 @@ class TrainingConfig(_Section):
     `reference_steps` > 0 then takes that many steps of the method's own RL objective on the cached
     reference samples (`samples_per_prompt` of each prompt's M, importance-weighted by pi / pi_ref:
     no generation). Both come first and count towards `steps`. Every `eval_every` steps (0: never) the policy's
-    win rate on `eval_prompts` held-out prompts is logged: the learning curve against BoN."""
+    win rate on `eval_prompts` held-out prompts is logged: the learning curve against BoN.
+    `prefix_baseline` (RLOO): the reward scorer also scores every prefix of each completion, and
+    the method's score of the prefix y_<t is the value V(s_t) of per-token GAE(`gamma`,
+    `gae_lambda`) advantages (1.0: unbiased), centred per position over the prompt's samples;
+    it costs one reward call per completion token."""
 
     renamed: ClassVar[dict[str, str]] = {
         "optimizer": "use training.estimator (ppo or rloo)",
@@ -154,6 +158,7 @@ class TrainingConfig(_Section):
     gamma: float = Field(1.0, ge=0.0, le=1.0)
     gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
     kl_estimator: Literal["k1", "k3", "full"] = "k1"
+    prefix_baseline: bool = False
     trainable: Literal["all", "top_layers", "lora"] = "all"
     top_layers: int = Field(2, ge=1)
     lora_rank: int = Field(8, ge=1)
@@ -180,6 +185,13 @@ class TrainingConfig(_Section):
             raise ValueError(
                 f"algorithm '{self.algorithm}' mixes in the reverse KL at its own scale, which "
                 "needs unwhitened advantages: set training.estimator: rloo"
+            )
+        rloo_only = self.estimator != "rloo" or method.uses_cached or not method.uses_rollouts
+        if self.prefix_baseline and rloo_only:
+            raise ValueError(
+                "training.prefix_baseline gives RLOO per-token advantages: it needs "
+                "training.estimator: rloo and a method without a cached term (vbon, vbon_exact, "
+                "kl_rl)"
             )
         if method.uses_rollouts and self.estimator == "rloo" and self.samples_per_prompt < 2:
             raise ValueError("estimator 'rloo' needs training.samples_per_prompt >= 2")

@@ -134,6 +134,31 @@ def snis_advantages(total: torch.Tensor, seq_logratio: torch.Tensor) -> torch.Te
     return total.shape[-1] * w * (total - baseline)
 
 
+def positional_group_advantages(
+    returns: torch.Tensor, mask: torch.Tensor, seq_logratio: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-token advantages from per-token returns G [P, k, T] of k samples per prompt, centred
+    at each position t on the other samples' G at the same t (mask [P, k, T]; padding neither
+    counts nor gets an advantage).
+
+    On-policy (`seq_logratio` None), the leave-one-out baseline at each position:
+        A_it = G_it - mean_{j != i, t < |y_j|} G_jt,
+    a function of the other samples only, so unbiased whatever G is (RLOO per position).
+    From pi_ref's samples, the self-normalised importance-sampling version of `snis_advantages`:
+        A_it = k w_i (G_it - sum_j w_j G_jt / sum_j w_j),  w = softmax(log pi/pi_ref) over the
+    samples that reach t. With G_it the same for every t this is `rloo_advantages` /
+    `snis_advantages` on every token."""
+    k = returns.shape[1]
+    if seq_logratio is None:
+        total = (returns * mask).sum(1, keepdim=True)
+        count = mask.sum(1, keepdim=True)
+        others = (count - mask).clamp_min(1.0)
+        return (returns - (total - returns * mask) / others) * mask
+    w = torch.softmax(seq_logratio, dim=-1)[..., None] * mask
+    baseline = (w * returns).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1e-30)
+    return k * w * (returns - baseline)
+
+
 def effective_sample_fraction(seq_logratio: torch.Tensor) -> torch.Tensor:
     """Kish's effective sample size of the importance weights over k, per prompt [P]:
     (sum rho)^2 / (k sum rho^2); 1 at pi = pi_ref, towards 1/k as pi leaves it."""

@@ -10,6 +10,11 @@ k blocks, final norm and head on it:
 The bottom L - k blocks then run once per step instead of twice. `shares_trunk` checks on a real
 batch that this gives the policy's own log-probabilities: models that transform `inputs_embeds`
 further (GPT-2 adds position embeddings, Gemma scales them) fail it and keep the full forward.
+
+On a rollout the policy has already computed h_{L-k} while it generated: the prompt's in the
+prefill and each completion token's in the decoding step that fed it. `generation_trunk`
+assembles those into the rollout batch's trunk, so neither model runs its bottom blocks again:
+pi_ref's log-probabilities then cost only its top k blocks and head (`reference_logprobs_on`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,13 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from vbon.models.logprobs import completion_logprobs, model_logprobs, positions
+from vbon.models.logprobs import (
+    completion_distributions,
+    completion_logprobs,
+    last_positions,
+    model_logprobs,
+    positions,
+)
 
 
 def transformer_blocks(lm: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
@@ -34,19 +45,39 @@ def transformer_blocks(lm: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
 
 
 @contextmanager
-def block_input(lm: nn.Module, index: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Captures the hidden state entering block `index` during a forward: `out["hidden"]`."""
+def block_inputs(lm: nn.Module, index: int) -> Iterator[list[torch.Tensor]]:
+    """Collects the hidden state entering block `index` at every forward call, in order: one
+    [B, S, H] tensor for a plain forward; the prefill and then one [B, 1, H] per decoding step
+    inside `generate`."""
     _, _, blocks = transformer_blocks(lm)
-    out: dict[str, torch.Tensor] = {}
+    out: list[torch.Tensor] = []
 
     def hook(_module, args, kwargs):
-        out["hidden"] = args[0] if args else kwargs["hidden_states"]
+        out.append((args[0] if args else kwargs["hidden_states"]).detach())
 
     handle = blocks[index].register_forward_pre_hook(hook, with_kwargs=True)
     try:
         yield out
     finally:
         handle.remove()
+
+
+def generation_trunk(
+    chunks: list[torch.Tensor], attention_mask: torch.Tensor
+) -> torch.Tensor | None:
+    """The trunk [B, S, H] of a rollout batch (left-padded prompts, then completions; S = its
+    width) from the hidden states `block_inputs` collected while `generate` drew it. The batch's
+    last position is the only one the decoder never fed; its state feeds no completion token's
+    log-probability (causal attention: nothing after it), so it is left zero, as are padded
+    positions. None when the chunks do not cover the batch (another layout)."""
+    trunk = torch.cat(chunks, 1)
+    rows, width = attention_mask.shape
+    if trunk.shape[0] != rows or trunk.shape[1] < width - 1:
+        return None
+    trunk = trunk[:, :width]
+    if trunk.shape[1] < width:
+        trunk = torch.nn.functional.pad(trunk, (0, 0, 0, width - trunk.shape[1]))
+    return trunk * attention_mask[..., None].to(trunk.dtype)
 
 
 @torch.no_grad()
@@ -61,11 +92,31 @@ def reference_logprobs_and_trunk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """pi_ref's log-probabilities of the last `num_completion` tokens [B, T] (with `full`, over
     the vocabulary [B, T, V]) and the hidden state entering its top `top_blocks` blocks [B, S, H]."""
-    with block_input(reference, -top_blocks) as captured:
+    with block_inputs(reference, -top_blocks) as captured:
         logprobs = model_logprobs(
             reference, input_ids, attention_mask, num_completion, temperature, full
         )
-    return logprobs, captured["hidden"]
+    return logprobs, captured[0]
+
+
+@torch.no_grad()
+def reference_logprobs_on(
+    reference: nn.Module,
+    trunk: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    num_completion: int,
+    temperature: float,
+    top_blocks: int,
+    full: bool = False,
+) -> torch.Tensor:
+    """pi_ref's log-probabilities of the last `num_completion` tokens [B, T] (with `full` [B, T,
+    V]) from its top `top_blocks` blocks on a given trunk."""
+    keep = last_positions(input_ids, num_completion + 1)
+    logits = top_forward(reference, trunk, attention_mask, top_blocks, keep).logits
+    if full:
+        return completion_distributions(logits, num_completion, temperature)
+    return completion_logprobs(logits, input_ids, num_completion, temperature)
 
 
 def top_forward(

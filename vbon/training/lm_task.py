@@ -8,6 +8,7 @@ for the policy and the reference alike (top-k and top-p only shape the rollouts)
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -28,12 +29,15 @@ from vbon.models.logprobs import (
     positions,
 )
 from vbon.models.trunk import (
+    block_inputs,
+    generation_trunk,
     reference_logprobs_and_trunk,
+    reference_logprobs_on,
     shares_trunk,
     top_forward,
     transformer_blocks,
 )
-from vbon.rewards import build_scorer
+from vbon.rewards import RewardScorer, build_scorer
 from vbon.sampling.generate import generate, render_prompt, row_seed
 from vbon.sampling.stage import read_samples
 from vbon.training.task import Batch
@@ -45,6 +49,23 @@ HELDOUT_SEED = 5_555_555  # the learning curve's samples: fixed, distinct from e
 def _pairs(picks: torch.Tensor) -> list[tuple[int, int]]:
     """(prompt, sample) index pairs of a [P, k] pick matrix, prompt-major."""
     return [(i, int(j)) for i, row in enumerate(picks) for j in row]
+
+
+def prefix_rewards(
+    scorer: RewardScorer, tok, prompts: list[str], token_ids: list[list[int]], width: int
+) -> torch.Tensor:
+    """r(x, y_<t) for every completion y and t < min(|y|, width), in one scorer call: [B, width]
+    float64, 0 past each completion. t = 0 scores the empty completion."""
+    texts, where = [], []
+    for b, ids in enumerate(token_ids):
+        for t in range(min(len(ids), width)):
+            texts.append(tok.decode(ids[:t], skip_special_tokens=True))
+            where.append((b, t))
+    out = torch.zeros(len(token_ids), width, dtype=torch.float64)
+    if where:
+        scored = scorer.score([prompts[b] for b, _ in where], texts)
+        out[tuple(torch.tensor(where).T)] = torch.tensor(scored, dtype=torch.float64)
+    return out
 
 
 class PolicyModel(nn.Module):
@@ -192,10 +213,13 @@ class LanguageModelTask:
         self, policy: nn.Module, prompts: list[int], k: int, seed: int, synced: bool, method: Method
     ) -> Batch:
         rows = [self.rows[i] for i in prompts]
-        out, rewards = self._sample(policy, rows, k, seed, synced)
+        # the policy's own trunk, collected as it generates: no model runs its bottom blocks again
+        capture = block_inputs(policy.lm, -self.top_blocks) if self.top_blocks else nullcontext()
+        with capture as chunks:
+            out, rewards = self._sample(policy, rows, k, seed, synced)
         ref, ref_mask = self._reference_rewards(rows)
-        p_lt, p_le = empirical_masses(rewards, ref, ref_mask)
-        return self._scored(rows, k, out.token_ids, rewards, p_lt, p_le, method)
+        against = ref.repeat_interleave(k, 0), ref_mask.repeat_interleave(k, 0)
+        return self._scored(rows, k, out.token_ids, rewards, against, method, chunks)
 
     @torch.no_grad()
     def reference_rollout(self, prompts: list[int], k: int, seed: int, method: Method) -> Batch:
@@ -206,13 +230,9 @@ class LanguageModelTask:
         rewards = ref.gather(1, picks)
         others = ref_mask.clone().unsqueeze(1).repeat(1, k, 1)  # each pick's own reward left out
         others.scatter_(-1, picks.unsqueeze(-1), False)
-        p_lt, p_le = empirical_masses(
-            rewards.reshape(-1, 1),
-            ref.repeat_interleave(k, 0),
-            others.reshape(-1, ref.shape[1]),
-        )
+        against = ref.repeat_interleave(k, 0), others.reshape(-1, ref.shape[1])
         ids = [rows[i]["token_ids"][j] or [self.tok.eos_token_id] for i, j in _pairs(picks)]
-        batch = self._scored(rows, k, ids, rewards, p_lt.view(-1, k), p_le.view(-1, k), method)
+        batch = self._scored(rows, k, ids, rewards, against, method)
         batch.from_reference = True
         return batch
 
@@ -227,9 +247,13 @@ class LanguageModelTask:
         )
         return ref, ref_mask
 
-    def _scored(self, rows, k, token_ids, rewards, p_lt, p_le, method: Method) -> Batch:
-        """The RL batch: completions after their prompts, pi_ref's log-probabilities, the score."""
+    def _scored(self, rows, k, token_ids, rewards, against, method: Method, chunks=None):
+        """The RL batch: completions after their prompts, pi_ref's log-probabilities, the score.
+        `against`: each row's reference rewards and their mask [B, M], the masses' reference;
+        `chunks`: the trunk's hidden states collected during generation, if any."""
         batch = self._batch(rows, k, token_ids, rewards=rewards.flatten()).to(self.device)
+        if chunks:
+            batch.trunk = generation_trunk(chunks, batch.attention_mask)
         args = (
             batch.input_ids,
             batch.attention_mask,
@@ -238,7 +262,11 @@ class LanguageModelTask:
         )
         full = self.cfg.training.kl_estimator == "full"
         with phase("reference"):
-            if self.top_blocks:
+            if batch.trunk is not None:
+                ref = reference_logprobs_on(
+                    self.reference, batch.trunk, *args, self.top_blocks, full
+                )
+            elif self.top_blocks:
                 ref, batch.trunk = reference_logprobs_and_trunk(
                     self.reference, *args, self.top_blocks, full
                 )
@@ -249,9 +277,26 @@ class LanguageModelTask:
             ref = ref.gather(-1, batch.input_ids[:, -batch.mask.shape[1] :, None]).squeeze(-1)
         batch.ref_logprobs = ref
         seq_ref = (batch.ref_logprobs * batch.mask).sum(-1).double().cpu().view(len(rows), k)
+        p_lt, p_le = (m.view(-1, k) for m in empirical_masses(rewards.reshape(-1, 1), *against))
         score = method.score(rewards, p_lt, p_le, seq_ref, self.cfg.n)
         batch.score = score.flatten().float().to(self.device)
+        if self.cfg.training.prefix_baseline:
+            batch.baseline = self._prefix_scores(rows, k, token_ids, batch, against, method)
         return batch
+
+    def _prefix_scores(self, rows, k, token_ids, batch: Batch, against, method: Method):
+        """The method's score of every completion prefix y_<t [B, T]: its reward's masses against
+        the row's reference rewards, and pi_ref's log-probability of the prefix (0 where t is past
+        the completion)."""
+        mask = batch.mask.cpu()
+        prompts = [r["prompt"] for r in rows for _ in range(k)]
+        with phase("reward"):
+            prefix = prefix_rewards(self.scorer, self.tok, prompts, token_ids, mask.shape[1])
+        p_lt, p_le = empirical_masses(prefix, *against)
+        ref_lp = (batch.ref_logprobs.cpu().double() * mask).cumsum(-1)
+        ref_lp = torch.nn.functional.pad(ref_lp[:, :-1], (1, 0))  # log pi_ref(y_<t)
+        phi = method.score(prefix, p_lt, p_le, ref_lp, self.cfg.n)
+        return (phi * mask).float().to(self.device)
 
     def cached(self, prompts: list[int], weights: WeightFn, k: int, seed: int) -> Batch:
         """k draws per prompt from its M cached reference samples in proportion to `weights`

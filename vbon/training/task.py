@@ -31,7 +31,8 @@ class Batch:
     (an RL batch of cached samples, importance-weighted by the update). `trunk` [B, S, H]: the
     reference's hidden state below the trained top blocks, when the policy shares it
     (`vbon.models.trunk`). `ref_distributions` [B, T, V]: pi_ref's log-probabilities over the
-    vocabulary at each completion position, for `training.kl_estimator: full`.
+    vocabulary at each completion position, for `training.kl_estimator: full`. `baseline` [B, T]:
+    the method's score of each completion prefix y_<t, for `training.prefix_baseline`.
     """
 
     input_ids: torch.Tensor
@@ -45,6 +46,7 @@ class Batch:
     from_reference: bool = False
     trunk: torch.Tensor | None = None
     ref_distributions: torch.Tensor | None = None
+    baseline: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         moved = {

@@ -16,6 +16,7 @@ from vbon.core.losses import (
     kl_penalized_rewards,
     masked_mean,
     masked_whiten,
+    positional_group_advantages,
     ppo_policy_loss,
     rloo_advantages,
     sequence_kl_penalized_reward,
@@ -52,16 +53,26 @@ def advantages(
     rewards -beta kl_t (+ the score on the last token), whitened. RLOO: the leave-one-out
     advantage of R(y) = score - beta sum_t kl_t, on every token of y (not whitened, so the
     loss keeps the scale of the objective's gradient). On rows drawn from pi_ref the RLOO
-    baseline becomes the self-normalised importance-sampling one (`snis_advantages`)."""
+    baseline becomes the self-normalised importance-sampling one (`snis_advantages`). With a
+    prefix baseline (`batch.baseline`), RLOO's returns are per token: GAE over the same per-token
+    rewards with the prefix's score as V, centred per position (`positional_group_advantages`)."""
     mask = batch.mask
     if t.estimator == "ppo":
         rewards = kl_penalized_rewards(batch.score, old_kl, mask, beta)
         adv, returns = gae_advantages(rewards, old_values, mask, t.gamma, t.gae_lambda)
         return masked_whiten(adv, mask), returns
+    ratio = _seq_logratio(batch, old_lp) if batch.from_reference else None
+    if batch.baseline is not None:
+        rewards = kl_penalized_rewards(batch.score, old_kl, mask, beta)
+        returns = gae_advantages(rewards, batch.baseline, mask, t.gamma, t.gae_lambda)[0]
+        groups = (-1, batch.group_size, mask.shape[1])
+        ratio = None if ratio is None else ratio.view(groups[:2])
+        adv = positional_group_advantages(returns.view(groups), mask.view(groups), ratio)
+        return adv.view_as(mask), None
     total = sequence_kl_penalized_reward(batch.score, old_kl, mask, beta)
     groups = total.view(-1, batch.group_size)
-    if batch.from_reference:
-        adv = snis_advantages(groups, _seq_logratio(batch, old_lp).view_as(groups)).flatten()
+    if ratio is not None:
+        adv = snis_advantages(groups, ratio.view_as(groups)).flatten()
     else:
         adv = rloo_advantages(groups).flatten()
     return adv[:, None].expand_as(mask) * mask, None
