@@ -64,6 +64,17 @@ def model_logprobs(
         position_ids=positions(attention_mask),
         logits_to_keep=last_positions(input_ids, num_completion + 1),
     ).logits
+    return logits_to_logprobs(logits, input_ids, num_completion, temperature, full)
+
+
+def logits_to_logprobs(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    num_completion: int,
+    temperature: float,
+    full: bool = False,
+) -> torch.Tensor:
+    """`completion_logprobs` [B, T], or with `full` `completion_distributions` [B, T, V]."""
     if full:
         return completion_distributions(logits, num_completion, temperature)
     return completion_logprobs(logits, input_ids, num_completion, temperature)

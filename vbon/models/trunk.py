@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from vbon.models.logprobs import (
-    completion_distributions,
     completion_logprobs,
     last_positions,
+    logits_to_logprobs,
     model_logprobs,
     positions,
 )
@@ -114,9 +114,7 @@ def reference_logprobs_on(
     V]) from its top `top_blocks` blocks on a given trunk."""
     keep = last_positions(input_ids, num_completion + 1)
     logits = top_forward(reference, trunk, attention_mask, top_blocks, keep).logits
-    if full:
-        return completion_distributions(logits, num_completion, temperature)
-    return completion_logprobs(logits, input_ids, num_completion, temperature)
+    return logits_to_logprobs(logits, input_ids, num_completion, temperature, full)
 
 
 def top_forward(
