@@ -22,16 +22,16 @@ from pathlib import Path
 import torch
 
 from vbon.config import WorkflowConfig, load_workflow, parse_workflow
-from vbon.core.metrics import gain_recovered
+from vbon.core.metrics import gain_recovered, interpolate_curve
 from vbon.evaluation.report import summary as summarize
 from vbon.evaluation.stage import run_evaluation
-from vbon.methods import METHODS
+from vbon.methods import METHODS, get_method
 from vbon.ray_runtime import ray_session
 from vbon.sampling.stage import run_sampling
 from vbon.training.stage import run_training
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = {"n_values": [2, 4, 8], "betas": [0.05, 0.2, 0.5]}
+SMALL = {"n_values": [2, 4, 8], "betas": [0.05, 0.2], "per_n": ("vbon", "bon_sft", "bon_distill")}
 SCALE = {
     "n_values": [2, 4, 8, 16, 32],
     "betas": [0.01, 0.03, 0.1, 0.3, 1.0],
@@ -40,11 +40,13 @@ SCALE = {
         "data": {"max_prompts": 2000, "test_fraction": 0.1},
         "sampling": {"max_new_tokens": 40, "shard_size": 512},
         "training": {"steps": 300, "prompts_per_step": 64, "trainable": "all", "estimator": "ppo",
-                     "samples_per_prompt": 1, "update_epochs": 4, "learning_rate": 1.41e-5},
+                     "samples_per_prompt": 1, "update_epochs": 4, "learning_rate": 1.41e-5,
+                     "prefix_baseline": False, "reference_steps": 0},
         "evaluation": {"n_values": [1, 2, 4, 8, 16, 32, 64, 128], "samples_per_prompt": 8},
         "resources": {"sampling_actors": 8, "gpus_per_actor": 1, "train_workers": 8,
                       "gpus_per_worker": 1},
     },
+    "per_n": ("vbon", "vbon_exact", "bon_sft", "bon_distill"),
 }  # fmt: skip
 
 
@@ -56,15 +58,17 @@ def variant(base: WorkflowConfig, **changes) -> WorkflowConfig:
     return parse_workflow(raw, "fidelity variant")
 
 
-PER_N = ("vbon", "vbon_exact", "bon_sft", "bon_distill")  # methods trained once per N
-
-
-def methods(base: WorkflowConfig, n_values: list[int], betas: list[float]) -> dict:
-    """Label -> workflow, one per trained policy; labels come from the method registry."""
+def methods(base: WorkflowConfig, n_values: list[int], betas: list[float], per_n) -> dict:
+    """Label -> workflow, one per trained policy; labels come from the method registry. Every
+    policy takes the same number of updates; the cached-sample methods (BoN-SFT, distillation)
+    have no rollouts, so they drop the RL recipe's prefix baseline and reference steps."""
     out = {}
     for n in n_values:
-        for name in PER_N:
-            cfg = variant(base, n=n, training={"algorithm": name, "beta": None})
+        for name in per_n:
+            changes = {"algorithm": name, "beta": None}
+            if get_method(name).uses_cached:
+                changes |= {"prefix_baseline": False, "reference_steps": 0}
+            cfg = variant(base, n=n, training=changes)
             out[f"{cfg.method_label} N={n}"] = cfg
     for beta in betas:
         cfg = variant(base, training={"algorithm": "kl_rl", "beta": beta})
@@ -72,10 +76,22 @@ def methods(base: WorkflowConfig, n_values: list[int], betas: list[float]) -> di
     return out
 
 
+def curve_at(rows: dict, prefix: str, kl: float) -> float:
+    """The win rate of a method family's curve (the reference at KL 0, then its trained points by
+    KL) at the given KL: how a method does at another method's KL (flat beyond its last point)."""
+    points = sorted(
+        [(0.0, 0.5)]
+        + [(r["kl"]["mean"], r["win_rate"]["mean"]) for label, r in rows.items()
+           if r["kind"] == "policy" and label.startswith(prefix)]
+    )  # fmt: skip
+    return interpolate_curve(kl, *map(list, zip(*points, strict=True)))
+
+
 def claim(rows: dict, n: int) -> dict:
     """Per method trained for N: the share of BoN-N's gain it recovers (G, paired over prompts),
-    its gap to the BoN curve, whether it is on the Pareto front; and the verdict of the issue's
-    bar (G >= 0.9 and gap <= 0.02 for vBoN)."""
+    its gap to the BoN curve, whether it is on the Pareto front. For vBoN also: KL-RL's and
+    BoN-SFT's curves at vBoN's KL (matched KL), the break-even at the evaluated N, and the verdict
+    of the issue's bar (G >= 0.9 and gap <= 0.02)."""
     bon = torch.tensor(rows[f"BoN N={n}"]["per_prompt_win_rate"])
     out = {}
     for label, r in rows.items():
@@ -83,13 +99,21 @@ def claim(rows: dict, n: int) -> dict:
             continue
         g, se = gain_recovered(torch.tensor(r["per_prompt_win_rate"]), bon)
         out[label] = {
+            "win_rate": r["win_rate"]["mean"],
+            "win_rate_se": r["win_rate"]["se"],
             "gain_recovered": g,
             "gain_recovered_se": se,
             "gap_to_bon_curve": r["gap_to_bon_curve"]["mean"],
             "kl": r["kl"]["mean"],
             "on_pareto_front": r["pareto_win_rate"],
         }
-    vbon = out[f"{METHODS['vbon'].label} N={n}"]
+    label = f"{METHODS['vbon'].label} N={n}"
+    vbon = out[label]
+    for name in ("kl_rl", "bon_sft"):
+        vbon[f"{name}_at_kl"] = curve_at(rows, METHODS[name].label, vbon["kl"])
+    cost = rows[label].get("cost") or {}
+    vbon["break_even_requests"] = cost.get("break_even_requests")
+    vbon["break_even_bon_n"] = cost.get("bon_n")
     out["verdict"] = (
         "met"
         if vbon["gain_recovered"] >= 0.9 and vbon["gap_to_bon_curve"] <= 0.02
@@ -114,14 +138,15 @@ def main() -> None:
         samples = run_sampling(base, run / "samples")
         timing["sampling_s"] = time.perf_counter() - start
         policies = {}
-        for label, cfg in methods(base, plan["n_values"], plan["betas"]).items():
+        for label, cfg in methods(base, plan["n_values"], plan["betas"], plan["per_n"]).items():
             began = time.perf_counter()
             folder = run / "train" / label.replace(" ", "_").replace("=", "")
             policies[label] = run_training(cfg, samples, folder) / "model"
             timing[f"train {label}_s"] = time.perf_counter() - began
             print(f"trained {label} in {timing[f'train {label}_s']:.0f} s", flush=True)
         began = time.perf_counter()
-        out = run_evaluation(base, samples, policies, args.out)
+        judged = variant(base, n=max(plan["n_values"]))  # costs against BoN at the largest N
+        out = run_evaluation(judged, samples, policies, args.out)
         timing["evaluation_s"] = time.perf_counter() - began
     results = json.loads((out / "results.json").read_text())
     rows = {r["method"]: r for r in results["rows"]}
@@ -135,7 +160,12 @@ def main() -> None:
             for label, v in c.items()
             if label != "verdict"
         )
-        print(f"N={n}: {shown}; vBoN bar (G >= 0.9, gap <= 0.02): {c['verdict']}")
+        v = c[f"{METHODS['vbon'].label} N={n}"]
+        print(
+            f"N={n}: {shown}; at vBoN's KL {v['kl']:.3f}: vBoN {v['win_rate']:.3f}, KL-RL "
+            f"{v['kl_rl_at_kl']:.3f}, BoN-SFT {v['bon_sft_at_kl']:.3f}; vBoN bar (G >= 0.9, "
+            f"gap <= 0.02): {c['verdict']}"
+        )
     print(f"total {summary['timing']['total_s'] / 60:.1f} min; wrote {out}")
 
 

@@ -5,8 +5,11 @@ At each level every endpoint gets 2 requests per client (at least 8; review open
 `--max-tokens` tokens each) on one replica with all the machine's cores (`--cpus`); batches grow
 with the load (no batch-size or overload cut-off). Per level it reports requests/s, sequences/s
 (N per BoN request), the mean batch (requests per generate call), p50 and p95 latency, and the
-one-sample / BoN requests/s ratio (goal at 64 clients: at least 0.8 N). Writes
-bench/results/serve.json and serve.png (throughput against load per endpoint).
+one-sample / BoN requests/s ratio (goal at 64 clients: at least 0.8 N). Two more figures say
+what bounds it: the engine ceiling, the same ratio for the bare `CompletionEngine` (no HTTP, no
+Serve) generating one call of the rows each endpoint has in flight at that load; and, for the
+one-sample endpoint streaming at one client, the time to its first token against the whole
+answer's. Writes bench/results/serve.json and serve.png (throughput against load per endpoint).
 
     python bench/serve.py [--model builtin:smollm2-135m-instruct] [--clients 1 8 32 64]
 """
@@ -25,10 +28,11 @@ from pathlib import Path
 import httpx
 from ray import serve
 
-from vbon.config import ResourcesConfig, parse_workflow
+from vbon.config import ModelConfig, ResourcesConfig, parse_workflow
 from vbon.data.movie_reviews import review_openings
 from vbon.models import resolve_model_path
 from vbon.ray_runtime import ray_session
+from vbon.serving.engine import CompletionEngine, Job
 from vbon.serving.launch import serve_model
 
 
@@ -87,6 +91,62 @@ def drive(url: str, prompts: list[str], concurrency: int, max_tokens: int) -> di
     }
 
 
+def first_token(url: str, prompts: list[str], max_tokens: int) -> dict:
+    """One client streaming: p50 seconds to the first text chunk and to the end of the answer."""
+    firsts, wholes = [], []
+    for i, prompt in enumerate(prompts):
+        body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "seed": i}
+        start, first = time.perf_counter(), None
+        with httpx.stream("POST", f"{url}/v1/completions", json=body | {"stream": True}) as r:
+            for line in r.iter_lines():
+                if first is None and line.startswith("data: {") and '"text": ""' not in line:
+                    first = time.perf_counter() - start
+        firsts.append(first)
+        wholes.append(time.perf_counter() - start)
+    return {
+        "first_token_p50_s": statistics.median(firsts),
+        "whole_p50_s": statistics.median(wholes),
+    }
+
+
+def engine_ceiling(model: str, clients: list[int], max_tokens: int, cpus: float) -> dict:
+    """Per load, seconds of one bare `CompletionEngine.run` call with the rows each endpoint has
+    in flight (c prompts x 1, x 4, x 8 samples), and the requests/s ratio that this allows."""
+    import torch
+
+    torch.set_num_threads(max(1, int(cpus)))
+    engine = CompletionEngine(ModelConfig(name_or_path=model, dtype="bfloat16"))
+    openings = review_openings()
+    out = {}
+    for c in clients:
+        seconds = {}
+        for n in (1, 4, 8):
+            jobs = [
+                Job(
+                    tuple(engine.tok(openings[i % len(openings)])["input_ids"]),
+                    tuple(range(i * n, (i + 1) * n)),
+                    max_tokens,
+                    1.0,
+                    1.0,
+                )
+                for i in range(c)
+            ]
+            start = time.perf_counter()
+            engine.run(jobs)
+            seconds[n] = time.perf_counter() - start
+        out[c] = {f"seconds_{n}": t for n, t in seconds.items()} | {
+            f"ratio_bon_{n}": seconds[n] / seconds[1] for n in (4, 8)
+        }
+        print(
+            f"engine ceiling {c:>3} clients: one call of {c} / {4 * c} / {8 * c} rows takes "
+            f"{seconds[1]:.2f} / {seconds[4]:.2f} / {seconds[8]:.2f} s: one-sample / BoN "
+            f"requests/s at most {out[c]['ratio_bon_4']:.2f}x (N=4), "
+            f"{out[c]['ratio_bon_8']:.2f}x (N=8)",
+            flush=True,
+        )
+    return out
+
+
 def plot(results: dict, clients: list[int], png: Path) -> None:
     """Requests/s and sequences/s against concurrent clients, one line per endpoint."""
     import matplotlib
@@ -125,6 +185,14 @@ def main() -> None:
         try:
             for label, bon_n in (("one_sample", None), ("bon_4", 4), ("bon_8", 8)):
                 url = deploy(args.model, bon_n, port, args.cpus)
+                if bon_n is None:
+                    results["streaming"] = first_token(url, openings[:8], args.max_tokens)
+                    print(
+                        "one-sample streaming, 1 client: first token after "
+                        f"{results['streaming']['first_token_p50_s']:.2f} s, whole answer "
+                        f"{results['streaming']['whole_p50_s']:.2f} s (p50)",
+                        flush=True,
+                    )
                 results[label] = []
                 for c in args.clients:
                     prompts = [openings[i % len(openings)] for i in range(max(8, 2 * c))]
@@ -149,6 +217,9 @@ def main() -> None:
             f"{c} clients {r:.2f}x" for c, r in zip(args.clients, ratios, strict=True)
         )
         print(f"one-sample / BoN N={n} requests/s: {shown} (goal >= {0.8 * n:.1f}x)")
+    results["engine_ceiling"] = engine_ceiling(
+        resolve_model_path(args.model), args.clients, args.max_tokens, args.cpus
+    )
     plot(results, args.clients, args.out / "serve.png")
     results["settings"] = vars(args) | {"out": str(args.out)}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("VBON_CACHE", str(ROOT / ".vbon-cache"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# before anything imports ray: some of its addresses (a multi-node cluster's GCS) are fixed then
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture(scope="session")

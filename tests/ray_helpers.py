@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,7 +41,61 @@ def local_ray() -> Iterator[None]:
         ray.shutdown()
 
 
+def wait_for_step(metrics: Path, step: int, timeout: float = 240) -> None:
+    """Until a training run's metrics.jsonl has logged `step`."""
+    from vbon.plots import read_steps
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metrics.is_file() and any(s["step"] >= step for s in read_steps(metrics)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"training never reached step {step}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# fast node-death detection: the GCS marks a silent raylet dead after about 2 s, not 30 s
+FAST_HEALTH_CHECKS = {
+    "health_check_initial_delay_ms": 500,
+    "health_check_period_ms": 500,
+    "health_check_timeout_ms": 500,
+    "health_check_failure_threshold": 4,
+}
+
+
+@contextmanager
+def loopback_cluster(
+    workers: list[dict], env: dict[str, str] | None = None
+) -> Iterator[tuple[object, list]]:
+    """A real multi-node Ray on this machine (`ray.cluster_utils.Cluster`, as Ray's own
+    node-failure tests use): a head raylet with no CPUs for work (the GCS and this driver), then
+    one raylet per entry of `workers` (its `add_node` arguments: num_cpus, resources). Yields
+    the cluster and the worker nodes; `cluster.remove_node(node, allow_graceful=False)` SIGKILLs
+    one node's processes by their PIDs. `env`: more variables for every worker. Everything
+    listens on 127.0.0.1 and is stopped here."""
+    os.environ.update(RAY_ENV)
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    loopback = {"node_ip_address": "127.0.0.1", "include_dashboard": False}
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "_system_config": FAST_HEALTH_CHECKS, **loopback},
+    )
+    try:
+        nodes = [cluster.add_node(node_ip_address="127.0.0.1", **w) for w in workers]
+        ray.init(
+            address=cluster.address,
+            runtime_env={"env_vars": {"PYTHONPATH": worker_pythonpath(), **(env or {})}},
+        )
+        yield cluster, nodes
+    finally:
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+        cluster.shutdown()

@@ -256,6 +256,18 @@ def test_streaming_with_the_openai_client(url: str) -> None:
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert len(chunks) > 3 and text == whole.choices[0].text
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    stop = whole.choices[0].text[3:5]
+    for n, stops in ((2, None), (1, [stop])):
+        kwargs = {"model": "tiny", "prompt": "The film", "max_tokens": 10, "seed": 5, "n": n}
+        want = client.completions.create(**kwargs, stop=stops)
+        got = ["", ""]
+        finish = {}
+        for c in client.completions.create(**kwargs, stop=stops, stream=True):
+            got[c.choices[0].index] += c.choices[0].text
+            if c.choices[0].finish_reason:
+                finish[c.choices[0].index] = c.choices[0].finish_reason
+        assert got[:n] == [c.text for c in want.choices]
+        assert finish == {c.index: c.finish_reason for c in want.choices}
     stream = client.chat.completions.create(
         model="tiny",
         messages=[{"role": "user", "content": "Review the film."}],
@@ -369,6 +381,32 @@ def test_overload_gets_503_with_retry_after(model_dir: Path) -> None:
     assert 200 in codes and 503 in codes and set(codes) <= {200, 503}
     busy = next(r for r in responses if r.status_code == 503)
     assert busy.headers["retry-after"] == "1" and "overloaded" in busy.json()["error"]["message"]
+
+
+def test_a_dead_replica_costs_at_most_503s_and_serving_recovers(model_dir: Path) -> None:
+    import ray
+
+    url = _deploy(model_dir, max_replicas=1)
+    [replica] = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith(f"SERVE_REPLICA::{APP_NAME}#Policy#")
+    ]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:  # 48 requests, 8 at a time
+        futures = [pool.submit(_complete, url, prompt="Lost", max_tokens=32) for _ in range(48)]
+        time.sleep(0.5)  # under load
+        ray.kill(ray.get_actor(replica, namespace="serve"), no_restart=True)
+        responses = [f.result() for f in futures]  # none hangs past the client's timeout
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503}, codes
+    for lost in (r for r in responses if r.status_code == 503):
+        assert lost.headers["retry-after"] == "1", lost.json()
+    deadline = time.monotonic() + 60  # Serve starts a new replica
+    while _complete(url, prompt="Back", max_tokens=4).status_code != 200:
+        assert time.monotonic() < deadline, "serving never recovered"
+        time.sleep(0.5)
+    after = [_complete(url, prompt="Back", max_tokens=4, seed=i).status_code for i in range(8)]
+    assert after == [200] * 8
 
 
 def test_bon_mode_returns_the_best_scoring_of_n_samples(model_dir: Path) -> None:

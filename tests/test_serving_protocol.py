@@ -11,12 +11,13 @@ from transformers import AutoTokenizer
 
 from vbon.config import ModelConfig
 from vbon.models.logprobs import model_logprobs
-from vbon.serving.engine import CompletionEngine, Job, cut_at_stop, token_pieces
+from vbon.serving.engine import CompletionEngine, Job, cut_at_stop, emittable, token_pieces
 from vbon.serving.protocol import (
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
-    completion_chunks,
+    CompletionStream,
+    stream_chunks,
     validation_message,
 )
 
@@ -119,7 +120,7 @@ def test_error_bodies_follow_openai() -> None:
 
 def test_stream_chunks_carry_every_piece_then_the_finish_and_usage() -> None:
     choices = [{"pieces": [{"text": "Hel"}, {"text": "lo"}], "finish_reason": "stop"}]
-    chunks = list(completion_chunks("m", choices, {"total_tokens": 3}))
+    chunks = list(stream_chunks(CompletionStream("m"), choices, {"total_tokens": 3}))
     texts = [c["choices"][0]["text"] for c in chunks[:-1]]
     assert "".join(texts) == "Hello" and chunks[-2]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == {"total_tokens": 3}
@@ -168,3 +169,57 @@ def test_stop_cuts_the_text_tokens_and_logprobs_together(engine: CompletionEngin
     assert stop not in choice["text"] and choice["finish_reason"] == "stop"
     assert "".join(choice["pieces"]) == choice["text"]
     assert len(choice["logprobs"]) == len(choice["pieces"]) == choice["num_tokens"]
+
+
+@pytest.mark.parametrize(
+    ("text", "stop", "sendable"),
+    [
+        ("The film", (), "The film"),
+        ("The film was gre", ("great",), "The film was "),
+        ("The film. End", ("End",), "The film. "),
+        ("It was caf\ufffd", (), "It was caf"),
+        ("abc", ("x", "bcd"), "a"),
+    ],
+)
+def test_a_stream_never_sends_what_may_become_a_stop_string(text, stop, sendable) -> None:
+    assert text[: emittable(text, stop)] == sendable
+
+
+def _streamed(engine: CompletionEngine, jobs: list[Job]) -> tuple[list, list[list[str]], int]:
+    """Per job: its choices, the text deltas per sample, and the number of steps seen."""
+    choices = [[None] * len(j.seeds) for j in jobs]
+    texts = [[""] * len(j.seeds) for j in jobs]
+    steps, ended = 0, [False] * len(jobs)
+    for step in engine.stream(jobs):
+        steps += 1
+        for n, events in enumerate(step):
+            assert not (ended[n] and events is not None), "a job sent events after it ended"
+            ended[n] = events is None
+            for e in events or []:
+                assert choices[n][e["index"]] is None, "a sample sent text after its choice"
+                if "text" in e:
+                    texts[n][e["index"]] += e["text"]
+                else:
+                    choices[n][e["index"]] = e["choice"]
+    return choices, texts, steps
+
+
+def test_streaming_sends_the_same_choices_token_by_token(engine: CompletionEngine) -> None:
+    prompt = tuple(engine.tok("A quiet drama")["input_ids"])
+    other = tuple(engine.tok("The film was")["input_ids"])
+    [[free]] = engine.run([Job(prompt, (7,), max_tokens=12, temperature=1.0, top_p=1.0)])
+    stop = free["text"][len(free["text"]) // 2 :][:2]
+    jobs = [
+        Job(prompt, (7, 8, 9), max_tokens=12, temperature=1.0, top_p=1.0),
+        Job(prompt, (7,), max_tokens=12, temperature=1.0, top_p=1.0, stop=(stop,)),
+        Job(other, (3,), max_tokens=5, temperature=0.5, top_p=0.9),
+        Job(other, (3,), max_tokens=0, temperature=0.5, top_p=0.9, logprobs=1, echo=True),
+    ]
+    whole = engine.run(jobs)
+    choices, texts, steps = _streamed(engine, jobs)
+    assert steps > 12, "the text came in one piece, not step by step"
+    for want, got, sent in zip(whole, choices, texts, strict=True):
+        assert [c["text"] for c in got] == [c["text"] for c in want] == sent
+        for key in ("token_ids", "num_tokens", "finish_reason", "logprobs"):
+            assert [c[key] for c in got] == [c[key] for c in want], key
+    assert stop not in texts[1][0] and choices[1][0]["finish_reason"] == "stop"

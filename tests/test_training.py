@@ -8,13 +8,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from ray_helpers import RAY_ENV, local_ray, worker_pythonpath
+from ray_helpers import RAY_ENV, local_ray, wait_for_step, worker_pythonpath
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vbon.config import ResourcesConfig, TrainingConfig, parse_workflow
@@ -255,15 +254,6 @@ def test_the_shared_trunk_gives_the_policy_its_own_logprobs(
     assert torch.allclose(values, full_values, atol=1e-5)
 
 
-def _wait_for_step(metrics: Path, step: int, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if metrics.is_file() and any(s["step"] >= step for s in read_steps(metrics)):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"training never reached step {step}")
-
-
 @pytest.mark.parametrize("stage", [2, 3])
 def test_killed_worker_is_recovered_from_the_last_checkpoint(
     samples: Path, tmp_path: Path, stage: int
@@ -276,7 +266,7 @@ def test_killed_worker_is_recovered_from_the_last_checkpoint(
         target=lambda: done.setdefault("out", run_training(cfg, samples, out))
     )
     thread.start()
-    _wait_for_step(out / "metrics.jsonl", 7)
+    wait_for_step(out / "metrics.jsonl", 7)
     os.kill(int((out / "pids" / "rank-1").read_text()), signal.SIGKILL)
     thread.join(timeout=300)
     assert done.get("out") == out.resolve()
@@ -299,7 +289,7 @@ def test_stopped_run_resumes_from_its_checkpoint(samples: Path, tmp_path: Path, 
     cmd = [sys.executable, "-m", "vbon.cli", "train", str(workflow)]
     out = tmp_path / "runs" / "t" / "train"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _wait_for_step(out / "metrics.jsonl", 7)
+    wait_for_step(out / "metrics.jsonl", 7)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "interrupted" in err.decode()

@@ -2,15 +2,17 @@
 
 Tasks come in groups (one group per kind of actor: the reference sampler, or one evaluator per
 policy). At most `size` actors live at once; a group's actors are freed as soon as its last task
-finishes, so the next group's start. An actor that dies mid-task is replaced and its task redone,
-up to `attempts` times; an actor that fails to start, or a task that raises a vbon error, stops
-the pool with one line.
+finishes, so the next group's start. An actor that dies mid-task (its process, or its whole node)
+is replaced and its task redone by whichever actor of its group is free first, up to `attempts`
+times. Tasks go only to actors that have started: a replacement that finds no room (its node gone,
+the cluster full) never holds work back, so the run completes on the actors left. An actor that
+fails to start, or a task that raises a vbon error, stops the pool with one line.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -49,34 +51,48 @@ class ActorPool:
         todo = deque(range(len(tasks)))
         left = {g: sum(1 for t in tasks if t[0] == g) for g, _ in tasks}
         idle: dict[Hashable, list] = {g: [] for g in left}
+        starting: dict[ray.ObjectRef, tuple[Any, Hashable]] = {}  # readiness of new actors
         running: dict[ray.ObjectRef, tuple[Any, int]] = {}
         alive, failures = 0, dict.fromkeys(range(len(tasks)), 0)
         try:
             while todo or running:
+                # each waiting task takes a free actor, else one still starting, else a new one
+                unclaimed = Counter(g for _, g in starting.values())
                 for i in list(todo):
                     group = tasks[i][0]
-                    if not idle[group] and alive < self.size:
-                        idle[group].append(self._start(group))
-                        alive += 1
                     if idle[group]:
                         todo.remove(i)
                         actor = idle[group].pop()
                         running[actor.run.remote(*tasks[i][1])] = (actor, i)
-                [ref], _ = ray.wait(list(running), num_returns=1)
+                    elif unclaimed[group]:
+                        unclaimed[group] -= 1
+                    elif alive < self.size:
+                        actor = self._start(group)
+                        starting[actor.__ray_ready__.remote()] = (actor, group)
+                        alive += 1
+                [ref], _ = ray.wait([*running, *starting], num_returns=1)
+                if ref in starting:
+                    actor, group = starting.pop(ref)
+                    try:
+                        ray.get(ref)
+                        idle[group].append(actor)
+                    except RayActorError as exc:
+                        if exc.actor_init_failed:
+                            raise VbonError(
+                                f"{self.what} actor failed to start: {error_line(exc)}"
+                            ) from None
+                        alive -= 1  # its node went away before it started
+                    continue
                 actor, i = running.pop(ref)
                 group = tasks[i][0]
                 try:
                     result = ray.get(ref)
-                except RayActorError as exc:
-                    if exc.actor_init_failed:
-                        raise VbonError(
-                            f"{self.what} actor failed to start: {error_line(exc)}"
-                        ) from None
+                except RayActorError:
                     failures[i] += 1
                     if failures[i] >= self.attempts:
                         raise VbonError(
                             f"{label(i)} lost its actor {failures[i]} times; check the actors' "
-                            "memory (resources.cpus_per_actor) and the Ray logs"
+                            "memory (resources.cpus_per_actor), the nodes and the Ray logs"
                         ) from None
                     alive -= 1
                     todo.appendleft(i)
@@ -89,12 +105,13 @@ class ActorPool:
                 if left[group]:
                     idle[group].append(actor)
                 else:  # free its CPUs for the groups still waiting for an actor
-                    for a in [actor, *idle.pop(group)]:
+                    doomed = [r for r, (_, g) in starting.items() if g == group]
+                    for a in [actor, *idle.pop(group), *(starting.pop(r)[0] for r in doomed)]:
                         ray.kill(a)
                         alive -= 1
                     idle[group] = []
         finally:
-            for actor, _ in running.values():
+            for actor, _ in [*running.values(), *starting.values()]:
                 ray.kill(actor)
             for actors in idle.values():
                 for a in actors:

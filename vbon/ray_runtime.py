@@ -33,9 +33,10 @@ def ray_session(
 ) -> Iterator[None]:
     """Use the Ray already initialised by the caller, or start one and shut it down on exit.
 
-    With no `ray_address`, the local cluster listens on 127.0.0.1 only. Unless `verbose`, the
-    actors' and workers' output stays in Ray's session logs and the driver's Ray logging goes to
-    LOG_DIR/ray.log: the console shows vbon's own progress only.
+    With no `ray_address`, the cluster in RAY_ADDRESS (as inside a submitted job), else a new
+    local one (never one that a stale address file points to), listening on 127.0.0.1 only.
+    Unless `verbose`, the actors' and workers' output stays in Ray's session logs and the
+    driver's Ray logging goes to LOG_DIR/ray.log: the console shows vbon's own progress only.
     """
     if ray.is_initialized():
         yield
@@ -46,7 +47,7 @@ def ray_session(
     if not verbose:
         _quiet_ray(log_dir)
     ray.init(
-        address=resources.ray_address,
+        address=resources.ray_address or os.environ.get("RAY_ADDRESS") or "local",
         include_dashboard=False,
         log_to_driver=verbose,
     )

@@ -1,13 +1,19 @@
 """Run folders on remote storage: a workflow whose `run_dir` is a URI (s3://, gs://, file://...)
 works in a local staging folder and mirrors each finished stage to the URI through pyarrow's
-file systems; a rerun on another machine first pulls what the URI already holds."""
+file systems; a rerun on another machine first pulls what the URI already holds.
+
+A stage's manifest is mirrored last, after every other file of its folder, and the old one is
+deleted first: a push cut short (its process killed, the network gone) leaves a folder without a
+complete manifest, which `pull` skips, so the next run redoes that stage."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from vbon.errors import VbonError
+from vbon.manifest import MANIFEST
 from vbon.models.cache import cache_dir
 
 
@@ -30,15 +36,30 @@ def _remote(run_dir: str, name: str):
     return fs, f"{root}/{name}"
 
 
+def _complete_remotely(fs, folder: str) -> bool:
+    """Whether the URI's stage folder holds a manifest that says complete."""
+    import pyarrow.fs as pafs
+
+    path = f"{folder}/{MANIFEST}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return False
+    with fs.open_input_stream(path) as f:
+        try:
+            return json.loads(f.read()).get("status") == "complete"
+        except (ValueError, AttributeError):
+            return False
+
+
 def pull(run_dir: str, name: str, folders: list[str]) -> Path:
-    """Copy the URI's stage folders into the staging folder; return the staging folder."""
+    """Copy the URI's complete stage folders into the staging folder (a folder whose push was
+    cut short is left out, and its stage runs again); return the staging folder."""
     import pyarrow.fs as pafs
 
     local = staging_dir(run_dir, name)
     local.mkdir(parents=True, exist_ok=True)
     fs, root = _remote(run_dir, name)
     for folder in folders:
-        if fs.get_file_info(f"{root}/{folder}").type == pafs.FileType.Directory:
+        if _complete_remotely(fs, f"{root}/{folder}"):
             (local / folder).mkdir(parents=True, exist_ok=True)  # copy_files makes subfolders only
             pafs.copy_files(
                 f"{root}/{folder}",
@@ -50,19 +71,23 @@ def pull(run_dir: str, name: str, folders: list[str]) -> Path:
 
 
 def push(run_dir: str, name: str, local: Path, entry: str) -> None:
-    """Mirror one stage folder (or file) of the staging folder to the URI."""
+    """Mirror one stage folder (its manifest last) or one file of the staging folder to the URI."""
     import pyarrow.fs as pafs
 
     fs, root = _remote(run_dir, name)
     target = f"{root}/{entry}"
-    if (local / entry).is_dir():
-        fs.delete_dir_contents(target, missing_dir_ok=True)
-        fs.create_dir(target, recursive=True)
-    else:
+    here = pafs.LocalFileSystem()
+    source = local / entry
+    if not source.is_dir():
         fs.create_dir(root, recursive=True)
-    pafs.copy_files(
-        str(local / entry),
-        target,
-        source_filesystem=pafs.LocalFileSystem(),
-        destination_filesystem=fs,
-    )
+        pafs.copy_files(str(source), target, source_filesystem=here, destination_filesystem=fs)
+        return
+    if fs.get_file_info(f"{target}/{MANIFEST}").type == pafs.FileType.File:
+        fs.delete_file(f"{target}/{MANIFEST}")  # first: the folder is incomplete from now on
+    fs.delete_dir_contents(target, missing_dir_ok=True)
+    fs.create_dir(target, recursive=True)
+    files = sorted(p for p in source.rglob("*") if p.is_file() and p != source / MANIFEST)
+    for path in [*files, source / MANIFEST] if (source / MANIFEST).is_file() else files:
+        dest = f"{target}/{path.relative_to(source).as_posix()}"
+        fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+        pafs.copy_files(str(path), dest, source_filesystem=here, destination_filesystem=fs)

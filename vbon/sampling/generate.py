@@ -11,10 +11,12 @@ serving all draw through it.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
+from transformers.generation.streamers import BaseStreamer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from vbon.config import SamplingConfig
@@ -86,6 +88,21 @@ def inverse_cdf_sample(
     return (b * block + j)[:, 0]
 
 
+class StepStreamer(BaseStreamer):
+    """Hands each decoding step's new tokens [B] to `on_step` (generate first puts the prompt)."""
+
+    def __init__(self, on_step: Callable[[torch.Tensor], None]) -> None:
+        self.on_step, self.prompt_seen = on_step, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.prompt_seen:
+            self.on_step(value.reshape(-1))
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
 @dataclass
 class Completions:
     """Flat over rows (prompt-major: all M samples of a prompt are adjacent)."""
@@ -137,8 +154,10 @@ def generate_from_ids(
     seeds: list[list[int]],
     cfg: SamplingConfig,
     synced_gpus: bool = False,
+    on_step: Callable[[torch.Tensor], None] | None = None,
 ) -> Completions:
-    """`generate` on prompts given as token ids (each non-empty), left-padded into one batch."""
+    """`generate` on prompts given as token ids (each non-empty), left-padded into one batch.
+    `on_step`: called with every decoding step's tokens [rows] as they are drawn (streaming)."""
     rows = [{"input_ids": p} for p, s in zip(prompt_ids, seeds, strict=True) for _ in s]
     flat_seeds = [x for s in seeds for x in s]
     enc = tok.pad(rows, padding=True, return_tensors="pt").to(model.device)
@@ -158,6 +177,7 @@ def generate_from_ids(
         logits_processor=LogitsProcessorList([sampler]),
         tokenizer=tok if cfg.stop else None,
         synced_gpus=synced_gpus,
+        streamer=StepStreamer(on_step) if on_step else None,
     )
     tokens = out[:, enc.input_ids.shape[1] :].cpu()
     lengths = completion_lengths(tokens, tok.eos_token_id, tok.pad_token_id)

@@ -5,15 +5,19 @@ deployment that batches requests into `generate` calls, and (BoN mode) a reward 
                                                                └─handle──► Scorer (BoN mode)
 """
 
+import asyncio
 import hmac
 import json
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError
 from starlette.exceptions import HTTPException
 
 from vbon.config import ModelConfig, RewardConfig, ServingConfig
@@ -23,37 +27,56 @@ from vbon.serving.engine import CompletionEngine, Job
 from vbon.serving.protocol import (
     APIError,
     ChatCompletionRequest,
+    ChatStream,
     CompletionRequest,
+    CompletionStream,
     chat_body,
-    chat_chunks,
     chat_logprobs,
     completion_body,
-    completion_chunks,
     completion_logprobs,
+    stream_chunks,
     usage,
     validation_message,
 )
 
 APP_NAME = "vbon"
 BATCH_HEADER = "x-vbon-batch-size"  # how many requests shared the generate call
+REPLICA_LOST = (ActorDiedError, ActorUnavailableError)  # a replica (or its node) died mid-request
 MAX_BODY_BYTES = 2**21  # larger request bodies get 413
 
 
 @serve.deployment(name="Policy")
 class PolicyDeployment:
-    """The served model; jobs arriving within `batch_wait_ms` share one batched call."""
+    """The served model; jobs arriving within `batch_wait_ms`, or while the previous call ran,
+    share one batched call. A streamed batch decodes on a thread and hands over every step."""
 
     def __init__(self, model: ModelConfig, serving: ServingConfig) -> None:
         gpu = serving.gpus_per_replica > 0 and torch.cuda.is_available()
         if not gpu:
             torch.set_num_threads(max(1, int(serving.cpus_per_replica)))
         self.engine = CompletionEngine(model, "cuda" if gpu else "cpu")
-        self.generate.set_max_batch_size(serving.max_batch_size)
-        self.generate.set_batch_wait_timeout_s(serving.batch_wait_ms / 1000)
+        for batched in (self.generate, self._stream_batch):
+            batched.set_max_batch_size(serving.max_batch_size)
+            batched.set_batch_wait_timeout_s(serving.batch_wait_ms / 1000)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def generate(self, jobs: list[Job]) -> list[list[dict]]:
+        # on the event loop, on purpose: Serve forms the next batch only once this one is done,
+        # from every request that arrived meanwhile (on a thread, it would form small ones early)
         return self.engine.run(jobs)
+
+    async def stream(self, job: Job):
+        """`generate`, streamed: per decoding step, the job's new events (`engine.stream`)."""
+        async for events in self._stream_batch(job):
+            yield events
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _stream_batch(self, jobs: list[Job]):
+        # an async generator method of its own: Serve would take serve.batch's wrapper of it
+        # for a sync method
+        steps = self.engine.stream(jobs)
+        while (step := await asyncio.to_thread(next, steps, None)) is not None:
+            yield [StopIteration if events is None else events for events in step]
 
 
 @serve.deployment(name="Scorer")
@@ -110,11 +133,20 @@ async def _body_limit(request: Request, call_next):
 
 
 def _sse(events) -> StreamingResponse:
-    """Server-sent events: one `data:` line per chunk, then `data: [DONE]`."""
+    """Server-sent events: one `data:` line per chunk of an (async) iterable, then
+    `data: [DONE]`. A fault mid-stream, after the 200 went out, ends it with an error event."""
 
     async def lines():
-        for event in events:
-            yield f"data: {json.dumps(event)}\n\n"
+        try:
+            if hasattr(events, "__aiter__"):
+                async for event in events:
+                    yield f"data: {json.dumps(event)}\n\n"
+            else:
+                for event in events:
+                    yield f"data: {json.dumps(event)}\n\n"
+        except Exception as e:
+            err = APIError(500, f"the stream broke off ({type(e).__name__}); retry the request")
+            yield f"data: {json.dumps(err.body())}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(lines(), media_type="text/event-stream")
@@ -141,7 +173,7 @@ def _completion_view(choice: dict, logprobs: bool) -> None:
     choice["pieces"] = pieces
 
 
-def _chat_view(choice: dict) -> None:
+def _chat_view(choice: dict, logprobs: bool) -> None:
     """The chat logprobs object and the pieces a stream sends."""
     entries = choice["logprobs"]
     choice["pieces"] = [
@@ -149,6 +181,20 @@ def _chat_view(choice: dict) -> None:
         for i, text in enumerate(choice["pieces"])
     ]
     choice["logprobs"] = None if entries is None else chat_logprobs(entries)
+
+
+@dataclass(frozen=True)
+class Route:
+    """What differs between the completions and chat routes: the stream's chunk format, the
+    whole body, and the view that shapes a choice for them."""
+
+    stream: type[CompletionStream]
+    body: Callable
+    view: Callable[[dict, bool], None]
+
+
+COMPLETIONS = Route(CompletionStream, completion_body, _completion_view)
+CHAT = Route(ChatStream, chat_body, _chat_view)
 
 
 @serve.deployment(name="Ingress")
@@ -169,6 +215,7 @@ class Ingress:
         from vbon.models import load_tokenizer
 
         self.policy, self.scorer, self.serving = policy, scorer, serving
+        self.streaming = policy.options(stream=True)
         self.tok = load_tokenizer(model)
         self.model_name, self.api_key = model_name, api_key
         self.in_flight = 0
@@ -239,14 +286,12 @@ class Ingress:
             )
         return sum(len(p) for p in prompts)
 
-    async def _choices(
-        self, req, prompts: list[list[int]], raw: list[str], logprobs: int | None, echo: bool
-    ) -> list[dict]:
-        """n choices per prompt: one sample each, or in BoN mode the best-scoring of bon_n."""
+    def _jobs(self, req, prompts: list[list[int]], logprobs: int | None, echo: bool) -> list[Job]:
+        """One job per prompt: n samples each, or in BoN mode n x bon_n draws."""
         draws = self.serving.bon_n or 1
         base = req.seed if req.seed is not None else secrets.randbits(62)
         max_tokens = req.max_tokens if req.max_tokens is not None else 16
-        jobs = [
+        return [
             Job(
                 prompt_ids=tuple(p),
                 seeds=tuple(row_seed(base, i, j) for j in range(req.n * draws)),
@@ -259,18 +304,59 @@ class Ingress:
             )
             for i, p in enumerate(prompts)
         ]
+
+    def _admit(self) -> None:
+        """Count a request in flight, or turn it away (503 + Retry-After)."""
         if self.draining:
             raise APIError(503, "server shutting down: not taking new requests")
         if self.in_flight >= self.serving.max_pending_requests:
             raise APIError(503, "server overloaded: too many requests in flight; retry shortly")
         self.in_flight += 1
+
+    async def _choices(
+        self, req, prompts: list[list[int]], raw: list[str], logprobs: int | None, echo: bool
+    ) -> list[dict]:
+        """n choices per prompt: one sample each, or in BoN mode the best-scoring of bon_n."""
+        jobs = self._jobs(req, prompts, logprobs, echo)
+        self._admit()
         try:
-            samples = [await self.policy.generate.remote(job) for job in jobs]
-            if draws == 1:
+            samples = await asyncio.gather(*(self.policy.generate.remote(job) for job in jobs))
+            if not self.serving.bon_n:
                 return [c for per_prompt in samples for c in per_prompt]
-            return await self._best_of(samples, raw, req.n, draws)
+            return await self._best_of(samples, raw, req.n, self.serving.bon_n)
+        except REPLICA_LOST:
+            raise APIError(503, "a replica was lost while answering; retry shortly") from None
         finally:
             self.in_flight -= 1
+
+    def _live(self, body, prompts: list[list[int]], used: int, fmt) -> StreamingResponse:
+        """A one-sample stream as the replica draws it: text deltas per decoding step, each
+        choice's finish_reason as it ends, then the usage chunk when asked."""
+        jobs = self._jobs(body, prompts, None, False)
+        self._admit()
+        streams = [self.streaming.stream.remote(job) for job in jobs]
+
+        async def events():
+            try:
+                ended = []
+                for p, stream in enumerate(streams):
+                    for j in range(body.n):
+                        for chunk in fmt.opening(p * body.n + j):
+                            yield chunk
+                    async for step in stream:
+                        for e in step:
+                            i = p * body.n + e["index"]
+                            if "text" in e:
+                                yield fmt.piece(i, e["text"])
+                            else:
+                                ended.append(e["choice"])
+                                yield fmt.finish(i, e["choice"]["finish_reason"])
+                if body.include_usage():
+                    yield fmt.usage(usage(used, ended))
+            finally:
+                self.in_flight -= 1
+
+        return _sse(events())
 
     async def _best_of(self, samples, raw: list[str], n: int, draws: int) -> list[dict]:
         flat = [c for per_prompt in samples for c in per_prompt]
@@ -282,16 +368,23 @@ class Ingress:
             best.append(flat[start + block.index(max(block))])  # first draw wins ties
         return best
 
-    def _answer(self, body, response: Response, choices: list[dict], used: int, chunks, whole):
-        """The whole body, or its server-sent-event stream; the batch header either way."""
+    async def _respond(self, route: Route, body, response, prompts, raw, logprobs, echo):
+        """The whole body, or its server-sent-event stream: token by token in one-sample mode
+        without logprobs or echo; otherwise once the answer (in BoN mode the pick) is ready."""
+        used = self._check(body, prompts)
+        if body.stream and not self.serving.bon_n and logprobs is None and not echo:
+            return self._live(body, prompts, used, route.stream(self.model_name))
+        choices = await self._choices(body, prompts, raw, logprobs, echo)
+        for c in choices:
+            route.view(c, logprobs is not None)
         batch = str(max(c["batch"] for c in choices))
         if body.stream:
             u = usage(used, choices) if body.include_usage() else None
-            stream = _sse(chunks(self.model_name, choices, u))
+            stream = _sse(stream_chunks(route.stream(self.model_name), choices, u))
             stream.headers[BATCH_HEADER] = batch
             return stream
         response.headers[BATCH_HEADER] = batch
-        return whole(self.model_name, choices, used)
+        return route.body(self.model_name, choices, used)
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -311,12 +404,10 @@ class Ingress:
     async def completions(self, request: Request, response: Response, body: CompletionRequest):
         self._authorize(request)
         prompts = [self._encode(p, add_special=True) for p in body.prompts()]
-        used = self._check(body, prompts)
         raw = [p if isinstance(p, str) else self.tok.decode(p) for p in body.prompts()]
-        choices = await self._choices(body, prompts, raw, body.logprobs, body.echo)
-        for c in choices:
-            _completion_view(c, body.logprobs is not None)
-        return self._answer(body, response, choices, used, completion_chunks, completion_body)
+        return await self._respond(
+            COMPLETIONS, body, response, prompts, raw, body.logprobs, body.echo
+        )
 
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request, response: Response, body: ChatCompletionRequest):
@@ -330,13 +421,9 @@ class Ingress:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         prompt = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         prompts = [self._encode(prompt, add_special=False)]
-        used = self._check(body, prompts)
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         top = (body.top_logprobs or 0) if body.logprobs else None
-        choices = await self._choices(body, prompts, [last_user], top, echo=False)
-        for c in choices:
-            _chat_view(c)
-        return self._answer(body, response, choices, used, chat_chunks, chat_body)
+        return await self._respond(CHAT, body, response, prompts, [last_user], top, echo=False)
 
 
 def build_app(

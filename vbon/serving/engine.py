@@ -1,10 +1,13 @@
 """Batched completion for the serving replicas: jobs that arrive together share `generate` calls
 (one per distinct sampling setting), every sample drawn with its own seed; per-token
-log-probabilities on request (OpenAI `logprobs`, `echo`)."""
+log-probabilities on request (OpenAI `logprobs`, `echo`); or the same, streamed step by step."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from itertools import groupby
 
 import torch
@@ -41,6 +44,20 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     return (text[: min(hits)], True) if hits else (text, False)
 
 
+def emittable(text: str, stop: tuple[str, ...]) -> int:
+    """How much of a growing completion a stream may send now: the text before a stop string,
+    less a trailing partial character ("\ufffd") and any tail that could still begin one."""
+    cut, stopped = cut_at_stop(text, stop)
+    if stopped:
+        return len(cut)
+    end = len(text.rstrip("\ufffd"))
+    hold = max(
+        (k for s in stop for k in range(1, min(len(s), end + 1)) if text[:end].endswith(s[:k])),
+        default=0,
+    )
+    return end - hold
+
+
 def token_pieces(tok, ids: list[int], skip_special_tokens: bool) -> list[str]:
     """Each token's share of `decode(ids)`: pieces that concatenate to the decoded text. A token
     ending inside a multi-byte character gets "" and the character goes to the token that
@@ -75,6 +92,17 @@ def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, k: int) -> tuple:
     return lp.gather(-1, ids[1:, None]).squeeze(-1), top.indices, top.values
 
 
+@dataclass
+class _Row:
+    """One streamed sample: its tokens so far and how much of its text was sent."""
+
+    job: int
+    index: int
+    ids: list[int] = field(default_factory=list)
+    sent: int = 0
+    done: bool = False
+
+
 class CompletionEngine:
     """A causal LM and its tokenizer on one replica."""
 
@@ -94,30 +122,107 @@ class CompletionEngine:
             results |= dict(zip(idx, self._run_group([jobs[i] for i in idx]), strict=True))
         return [results[i] for i in range(len(jobs))]
 
-    @torch.no_grad()
+    def stream(self, jobs: list[Job]) -> Iterator[list[list[dict] | None]]:
+        """`run`, step by step: per decoding step, per job, its new events (None once it has
+        ended): {"index": j, "text": delta} as sample j's text grows (never past a stop string),
+        then {"index": j, "choice": c} with `run`'s choice c when the sample ends."""
+        order = sorted(range(len(jobs)), key=lambda i: repr(jobs[i].setting()))
+        ended = [False] * len(jobs)
+        for _, group in groupby(order, key=lambda i: repr(jobs[i].setting())):
+            idx = list(group)
+            for step in self._stream_group([jobs[i] for i in idx]):
+                out: list[list[dict] | None] = [None if e else [] for e in ended]
+                for i, events in zip(idx, step, strict=True):
+                    out[i] = events
+                yield out
+                for i, events in zip(idx, step, strict=True):
+                    ended[i] = events is None
+            for i in idx:
+                ended[i] = True
+
+    def _stream_group(self, jobs: list[Job]) -> Iterator[list[list[dict] | None]]:
+        """One `generate` call, streamed: it runs on a thread and hands over each step's tokens."""
+        rows = [_Row(n, j) for n, job in enumerate(jobs) for j in range(len(job.seeds))]
+        if jobs[0].max_tokens == 0:
+            yield self._step(jobs, rows, [None] * len(rows))
+            return
+        steps: queue.Queue = queue.Queue()
+
+        def work() -> None:
+            try:
+                self._generate(jobs, on_step=steps.put)
+                steps.put(None)
+            except BaseException as e:  # raised again on the consuming side
+                steps.put(e)
+
+        threading.Thread(target=work, daemon=True).start()
+        while (tokens := steps.get()) is not None:
+            if isinstance(tokens, BaseException):
+                raise tokens
+            yield self._step(jobs, rows, tokens.tolist())
+        yield self._step(jobs, rows, [None] * len(rows))
+
+    def _step(self, jobs: list[Job], rows: list[_Row], tokens: list) -> list[list[dict] | None]:
+        """Per job, the events of its live rows on their next tokens (None: the row ends);
+        None for a job that had already ended."""
+        ended = [all(r.done for r in rows if r.job == n) for n in range(len(jobs))]
+        out: list[list[dict] | None] = [None if e else [] for e in ended]
+        for row, token in zip(rows, tokens, strict=True):
+            if not row.done:
+                out[row.job] += (
+                    self._end(jobs, row) if token is None else self._grow(jobs, row, token)
+                )
+        return out
+
+    def _grow(self, jobs: list[Job], row: _Row, token: int) -> list[dict]:
+        """A row's events on its next token."""
+        job = jobs[row.job]
+        if token in (self.tok.eos_token_id, self.tok.pad_token_id):
+            row.ids += [token] if token == self.tok.eos_token_id else []
+            return self._end(jobs, row)
+        row.ids.append(token)
+        text = self.tok.decode(row.ids, skip_special_tokens=True)
+        if cut_at_stop(text, job.stop)[1]:
+            return self._end(jobs, row)
+        n = emittable(text, job.stop)
+        events = [{"index": row.index, "text": text[row.sent : n]}] if n > row.sent else []
+        row.sent = max(row.sent, n)
+        return events
+
+    def _end(self, jobs: list[Job], row: _Row) -> list[dict]:
+        """A row's last events: the rest of its text and its choice."""
+        row.done = True
+        choice = self._choice(jobs[row.job], row.ids, len(jobs))
+        rest = choice["text"][row.sent :]
+        return ([{"index": row.index, "text": rest}] if rest else []) + [
+            {"index": row.index, "choice": choice}
+        ]
+
     def _run_group(self, jobs: list[Job]) -> list[list[dict]]:
-        first = jobs[0]
         rows = [job for job in jobs for _ in job.seeds]
-        if first.max_tokens == 0:
-            completions = [[] for _ in rows]
-        else:
-            cfg = SamplingConfig(
-                max_new_tokens=first.max_tokens,
-                temperature=max(first.temperature, MIN_TEMPERATURE),
-                top_p=first.top_p,
-                top_k=0,
-                stop=list(first.stop),
-            )
-            prompts = [list(j.prompt_ids) for j in jobs]
-            out = generate_from_ids(
-                self.model, self.tok, prompts, [list(j.seeds) for j in jobs], cfg
-            )
-            completions = out.token_ids
+        completions = self._generate(jobs) if jobs[0].max_tokens else [[] for _ in rows]
         choices = [
             self._choice(job, ids, len(jobs)) for job, ids in zip(rows, completions, strict=True)
         ]
         it = iter(choices)
         return [[next(it) for _ in job.seeds] for job in jobs]
+
+    @torch.no_grad()
+    def _generate(self, jobs: list[Job], on_step=None) -> list[list[int]]:
+        """One batched call for jobs of one setting: the completion token ids of every seed."""
+        first = jobs[0]
+        cfg = SamplingConfig(
+            max_new_tokens=first.max_tokens,
+            temperature=max(first.temperature, MIN_TEMPERATURE),
+            top_p=first.top_p,
+            top_k=0,
+            stop=list(first.stop),
+        )
+        prompts = [list(j.prompt_ids) for j in jobs]
+        seeds = [list(j.seeds) for j in jobs]
+        return generate_from_ids(
+            self.model, self.tok, prompts, seeds, cfg, on_step=on_step
+        ).token_ids
 
     def _choice(self, job: Job, ids: list[int], batch: int) -> dict:
         pieces = token_pieces(self.tok, ids, skip_special_tokens=True)
@@ -136,6 +241,7 @@ class CompletionEngine:
             choice["logprobs"] = self._logprobs(job, ids, pieces, choice["prompt_pieces"])
         return choice
 
+    @torch.no_grad()
     def _logprobs(
         self, job: Job, ids: list[int], pieces: list[str], prompt_pieces: list[str] | None
     ) -> list[dict]:

@@ -276,42 +276,60 @@ def chat_body(model: str, choices: list[dict], prompt_tokens: int) -> dict:
     }
 
 
-def completion_chunks(model: str, choices: list[dict], usage: dict | None):
-    """Server-sent-event payloads of a streamed completion: per choice one chunk per token
-    piece (with its logprobs when asked), then one with its finish_reason; then the usage chunk
-    (`stream_options.include_usage`) with no choices."""
-    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion"}
-    head |= {"created": int(time.time()), "model": model}
-    for i, c in enumerate(choices):
-        for piece in c["pieces"]:
-            lp = piece.get("logprobs")
-            yield head | {
-                "choices": [
-                    {"index": i, "text": piece["text"], "logprobs": lp, "finish_reason": None}
-                ]
-            }
-        yield head | {
-            "choices": [
-                {"index": i, "text": "", "logprobs": None, "finish_reason": c["finish_reason"]}
-            ]
-        }
-    if usage is not None:
-        yield head | {"choices": [], "usage": usage}
+class CompletionStream:
+    """The chunk payloads of a streamed completion, one call per event."""
+
+    object, prefix = "text_completion", "cmpl"
+
+    def __init__(self, model: str) -> None:
+        self.head = {"id": f"{self.prefix}-{uuid.uuid4().hex}", "object": self.object}
+        self.head |= {"created": int(time.time()), "model": model}
+
+    def _chunk(self, choice: dict) -> dict:
+        return self.head | {"choices": [choice]}
+
+    def opening(self, index: int) -> list[dict]:
+        return []
+
+    def piece(self, index: int, text: str, logprobs: dict | None = None) -> dict:
+        return self._chunk(
+            {"index": index, "text": text, "logprobs": logprobs, "finish_reason": None}
+        )
+
+    def finish(self, index: int, reason: str) -> dict:
+        return self._chunk({"index": index, "text": "", "logprobs": None, "finish_reason": reason})
+
+    def usage(self, usage: dict) -> dict:
+        """The last chunk with `stream_options.include_usage`: no choices."""
+        return self.head | {"choices": [], "usage": usage}
 
 
-def chat_chunks(model: str, choices: list[dict], usage: dict | None):
+class ChatStream(CompletionStream):
     """The chat stream: per choice a role delta, content deltas, then the finish_reason."""
-    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk"}
-    head |= {"created": int(time.time()), "model": model}
 
-    def chunk(i: int, delta: dict, finish: str | None = None, logprobs=None) -> dict:
-        choice = {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-        return head | {"choices": [choice]}
+    object, prefix = "chat.completion.chunk", "chatcmpl"
 
+    def _delta(self, index: int, delta: dict, finish: str | None, logprobs) -> dict:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return self._chunk(choice)
+
+    def opening(self, index: int) -> list[dict]:
+        return [self._delta(index, {"role": "assistant", "content": ""}, None, None)]
+
+    def piece(self, index: int, text: str, logprobs: dict | None = None) -> dict:
+        return self._delta(index, {"content": text}, None, logprobs)
+
+    def finish(self, index: int, reason: str) -> dict:
+        return self._delta(index, {}, reason, None)
+
+
+def stream_chunks(fmt: CompletionStream, choices: list[dict], usage: dict | None):
+    """A stream of finished choices: per choice its opening, one chunk per token piece (with its
+    logprobs when asked) and its finish_reason; then the usage chunk when asked."""
     for i, c in enumerate(choices):
-        yield chunk(i, {"role": "assistant", "content": ""})
+        yield from fmt.opening(i)
         for piece in c["pieces"]:
-            yield chunk(i, {"content": piece["text"]}, logprobs=piece.get("logprobs"))
-        yield chunk(i, {}, c["finish_reason"])
+            yield fmt.piece(i, piece["text"], piece.get("logprobs"))
+        yield fmt.finish(i, c["finish_reason"])
     if usage is not None:
-        yield head | {"choices": [], "usage": usage}
+        yield fmt.usage(usage)

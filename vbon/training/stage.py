@@ -89,11 +89,28 @@ def follow_metrics(metrics: Path, total: int, every_s: float = 0.5) -> Iterator[
         thread.join()
 
 
+def _lost_nodes(storage: Path) -> str:
+    """The nodes of this Ray cluster that died, and how to go on; '' when none did."""
+    import ray
+
+    dead = [n for n in ray.nodes() if not n["Alive"]]
+    if not dead:
+        return ""
+    names = ", ".join(f"{n['NodeID'][:12]} ({n['NodeManagerAddress']})" for n in dead)
+    return (
+        f"; lost node(s): {names}. Give the cluster room for the Train workers again and rerun "
+        f"the same command: it resumes from the last checkpoint in {Path(storage).resolve()}"
+    )
+
+
 def fit(job: TrainJob, resources: ResourcesConfig, storage: Path) -> Path:
     """Run `train_loop` on `resources.train_workers` workers; the final checkpoint's folder.
 
     A rerun with the same `storage` continues from the latest checkpoint (Ray Train resumes a
-    run by its name and storage path); a failed worker restarts the group from it.
+    run by its name and storage path); a failed worker (its process or its node) restarts the
+    group from it, up to `training.max_failures` times, and so does a group that cannot start
+    again (no room left on the cluster) within Ray Train's start timeout. Past that the run
+    fails with one line naming the nodes that died and how to resume.
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -111,7 +128,10 @@ def fit(job: TrainJob, resources: ResourcesConfig, storage: Path) -> Path:
         run_config=ray.train.RunConfig(
             name="ray-train",
             storage_path=str(Path(storage).resolve()),
-            failure_config=ray.train.FailureConfig(max_failures=job.training.max_failures),
+            failure_config=ray.train.FailureConfig(
+                max_failures=job.training.max_failures,
+                controller_failure_limit=job.training.max_failures,  # restarts with no room
+            ),
         ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
     )
@@ -121,7 +141,7 @@ def fit(job: TrainJob, resources: ResourcesConfig, storage: Path) -> Path:
     except SystemExit:  # Ray Train's Ctrl-C handler aborts the run, then exits
         raise KeyboardInterrupt from None
     except Exception as exc:  # Ray wraps worker errors in its own types
-        raise VbonError(f"training failed: {error_line(exc)}") from None
+        raise VbonError(f"training failed: {error_line(exc)}{_lost_nodes(storage)}") from None
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, sigint)  # Ray Train's handler outlives the run

@@ -1,0 +1,173 @@
+"""Faults on a real multi-node Ray (several raylets on loopback): a whole node dies mid-stage."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from ray_helpers import loopback_cluster, wait_for_step
+
+from vbon.config import parse_workflow
+from vbon.errors import VbonError
+from vbon.plots import read_steps
+from vbon.sampling.stage import load_samples, run_sampling
+from vbon.training.stage import run_training
+
+pytestmark = pytest.mark.slow
+
+
+def _sampling_cfg():
+    return parse_workflow(
+        {
+            "n": 2,
+            "m": 4,
+            "model": {"name_or_path": "builtin:tiny"},
+            "data": {"max_prompts": 40},
+            "sampling": {"shard_size": 4, "max_new_tokens": 24},
+            "evaluation": {"n_values": [1, 2]},
+            "resources": {"sampling_actors": 2, "cpus_per_actor": 1},
+        }
+    )
+
+
+def _nodes_of(match: str) -> set[str]:
+    """The Ray nodes of the live actors whose name or class contains `match` (from the GCS: the
+    state API needs the dashboard, which these clusters do not run)."""
+    return {
+        a["Address"]["NodeID"]
+        for a in ray._private.state.actors().values()
+        if a["State"] == "ALIVE" and (match in a["Name"] or match in a["ActorClassName"])
+    }
+
+
+def _marked_dead(node_id: str, timeout: float = 30) -> bool:
+    """Whether the GCS marks the node dead within `timeout` seconds (its health checks)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(n["Alive"] for n in ray.nodes() if n["NodeID"] == node_id):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.timeout(300)
+def test_sampling_finishes_on_the_nodes_left_when_one_dies(tiny_path, tmp_path: Path) -> None:
+    cfg = _sampling_cfg()
+    with loopback_cluster([{"num_cpus": 1}, {"num_cpus": 1}]) as (cluster, nodes):
+        clean = load_samples(run_sampling(cfg, tmp_path / "clean", progress=False)).to_list()
+        out, result = tmp_path / "faulted", {}
+        thread = threading.Thread(
+            target=lambda: result.setdefault("out", run_sampling(cfg, out, progress=False))
+        )
+        thread.start()
+        deadline, killed = time.time() + 120, None
+        while killed is None and time.time() < deadline and thread.is_alive():
+            parts = list((out / "data").glob("part-*.parquet")) if (out / "data").exists() else []
+            placed = _nodes_of("vbon-sampler-") if parts else set()
+            if len(placed) == 2:  # both nodes at work: kill one, raylet and workers
+                victim = next(n for n in nodes if n.node_id in placed)
+                cluster.remove_node(victim, allow_graceful=False)
+                killed = {"parts": len(parts), "node": victim.node_id}
+            time.sleep(0.1)
+        thread.join(timeout=200)
+        assert killed is not None, "the run ended before a node could be killed"
+        assert killed["parts"] < 10, "the node died after sampling had finished"
+        assert _marked_dead(killed["node"]), "the killed node never left the cluster"
+        rows = load_samples(result["out"]).to_list()
+    assert [r["prompt_id"] for r in rows] == list(range(40)), "a prompt was lost or duplicated"
+    assert rows == clean, "the faulted run differs from the unfaulted one"
+
+
+def _training_raw(**training) -> dict:
+    return {
+        "name": "t",
+        "n": 4,
+        "m": 8,
+        "model": {"name_or_path": "builtin:tiny"},
+        "reward": {"kind": "callable", "function": "reward_fns:letter_e_share"},
+        "data": {"max_prompts": 16},
+        "sampling": {"shard_size": 32, "max_new_tokens": 12},
+        "evaluation": {"n_values": [1, 2]},
+        "resources": {"sampling_actors": 2, "train_workers": 2, "cpus_per_worker": 1},
+        "training": {
+            "estimator": "rloo",
+            "prompts_per_step": 4,
+            "samples_per_prompt": 4,
+            "learning_rate": 2e-3,
+            "steps": 14,
+            "checkpoint_every": 5,
+            **training,
+        },
+    }
+
+
+def _weights(model: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(model / "model.safetensors")
+
+
+@pytest.mark.timeout(600)
+def test_training_resumes_on_a_replacement_node(tiny_path, tmp_path: Path) -> None:
+    cfg = parse_workflow(_training_raw())
+    with loopback_cluster([{"num_cpus": 1}, {"num_cpus": 1}]) as (cluster, nodes):
+        samples = run_sampling(cfg, tmp_path / "samples", progress=False)
+        clean = run_training(cfg, samples, tmp_path / "clean")
+        out, done = tmp_path / "faulted", {}
+        thread = threading.Thread(
+            target=lambda: done.setdefault("out", run_training(cfg, samples, out))
+        )
+        thread.start()
+        wait_for_step(out / "metrics.jsonl", 7)
+        workers = _nodes_of("RayTrainWorker")
+        assert len(workers) == 2, "the two Train workers do not sit on two nodes"
+        assert not _nodes_of("Controller") & workers, "the Train controller shares their nodes"
+        victim = next(n for n in nodes if n.node_id in workers)
+        cluster.remove_node(victim, allow_graceful=False)  # a Train worker's whole node
+        killed_at = max(s["step"] for s in read_steps(out / "metrics.jsonl"))
+        cluster.add_node(node_ip_address="127.0.0.1", num_cpus=1)  # the replacement
+        thread.join(timeout=400)
+        assert done.get("out") == out.resolve(), "training did not finish after the node died"
+    assert killed_at < 14, "the node died after training had finished"
+    events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    [resume] = [e for e in events if e.get("event") == "resume"]
+    assert resume["step"] in (5, 10) and resume["optimizer_steps"] == resume["step"]
+    assert [s["step"] for s in read_steps(out / "metrics.jsonl")] == list(range(1, 15))
+    want, got = _weights(clean / "model"), _weights(out / "model")
+    diff = max(float((want[k].float() - got[k].float()).abs().max()) for k in want)
+    assert diff == 0.0, f"the resumed model differs from the unfaulted one by {diff:.3g}"
+
+
+@pytest.mark.timeout(400)
+def test_training_without_room_to_restart_fails_with_one_line(tiny_path, tmp_path: Path) -> None:
+    cfg = parse_workflow(_training_raw(max_failures=1, steps=40))
+    start_timeout = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "8"}
+    with loopback_cluster([{"num_cpus": 1}, {"num_cpus": 1}], env=start_timeout) as (
+        cluster,
+        nodes,
+    ):
+        samples = run_sampling(cfg, tmp_path / "samples", progress=False)
+        out, done = tmp_path / "train", {}
+
+        def train() -> None:
+            try:
+                run_training(cfg, samples, out)
+            except VbonError as exc:
+                done["error"] = str(exc)
+
+        thread = threading.Thread(target=train)
+        thread.start()
+        wait_for_step(out / "metrics.jsonl", 3)
+        victim = next(n for n in nodes if n.node_id in _nodes_of("RayTrainWorker"))
+        cluster.remove_node(victim, allow_graceful=False)
+        thread.join(timeout=300)
+        assert not thread.is_alive(), "training waited on after the cluster lost its room"
+    error = done.get("error", "")
+    assert "\n" not in error and error.startswith("training failed: "), error
+    assert victim.node_id[:12] in error and "rerun the same command" in error, error
+    assert str(out.resolve()) in error
