@@ -59,7 +59,9 @@ def _marked_dead(node_id: str, timeout: float = 30) -> bool:
 def test_sampling_finishes_on_the_nodes_left_when_one_dies(tiny_path, tmp_path: Path) -> None:
     cfg = _sampling_cfg()
     with loopback_cluster([{"num_cpus": 1}, {"num_cpus": 1}]) as (cluster, nodes):
-        clean = load_samples(run_sampling(cfg, tmp_path / "clean", progress=False)).to_list()
+        clean_dir = run_sampling(cfg, tmp_path / "clean", progress=False)
+        clean = load_samples(clean_dir).to_list()
+        shards = len(list((clean_dir / "data").glob("part-*.parquet")))
         out, result = tmp_path / "faulted", {}
         thread = threading.Thread(
             target=lambda: result.setdefault("out", run_sampling(cfg, out, progress=False))
@@ -76,7 +78,7 @@ def test_sampling_finishes_on_the_nodes_left_when_one_dies(tiny_path, tmp_path: 
             time.sleep(0.1)
         thread.join(timeout=200)
         assert killed is not None, "the run ended before a node could be killed"
-        assert killed["parts"] < 10, "the node died after sampling had finished"
+        assert killed["parts"] < shards, "the node died after sampling had finished"
         assert _marked_dead(killed["node"]), "the killed node never left the cluster"
         rows = load_samples(result["out"]).to_list()
     assert [r["prompt_id"] for r in rows] == list(range(40)), "a prompt was lost or duplicated"
