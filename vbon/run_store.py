@@ -86,8 +86,11 @@ def push(run_dir: str, name: str, local: Path, entry: str) -> None:
         fs.delete_file(f"{target}/{MANIFEST}")  # first: the folder is incomplete from now on
     fs.delete_dir_contents(target, missing_dir_ok=True)
     fs.create_dir(target, recursive=True)
-    files = sorted(p for p in source.rglob("*") if p.is_file() and p != source / MANIFEST)
-    for path in [*files, source / MANIFEST] if (source / MANIFEST).is_file() else files:
+    manifest = source / MANIFEST
+    inside = sorted(source.rglob("*"))
+    for folder in (p for p in inside if p.is_dir()):  # each subfolder once, before its files
+        fs.create_dir(f"{target}/{folder.relative_to(source).as_posix()}", recursive=True)
+    files = [p for p in inside if p.is_file() and p != manifest]
+    for path in files + ([manifest] if manifest.is_file() else []):
         dest = f"{target}/{path.relative_to(source).as_posix()}"
-        fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
         pafs.copy_files(str(path), dest, source_filesystem=here, destination_filesystem=fs)
