@@ -28,6 +28,7 @@ def local_ray() -> Iterator[None]:
     """An in-process 2-CPU Ray whose workers can import tests/ (reward functions)."""
     os.environ.update(RAY_ENV)
     ray.init(
+        address="local",  # never a cluster another test started (ray_current_cluster)
         num_cpus=2,
         include_dashboard=False,
         runtime_env={"env_vars": {"PYTHONPATH": worker_pythonpath()}},

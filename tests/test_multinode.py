@@ -7,15 +7,19 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import ray
 import torch
-from ray_helpers import loopback_cluster, wait_for_step
+from ray import serve
+from ray_helpers import free_port, loopback_cluster, wait_for_step
 
 from vbon.config import parse_workflow
 from vbon.errors import VbonError
 from vbon.plots import read_steps
 from vbon.sampling.stage import load_samples, run_sampling
+from vbon.serving.app import APP_NAME
+from vbon.serving.launch import serve_model
 from vbon.training.stage import run_training
 
 pytestmark = pytest.mark.slow
@@ -173,3 +177,96 @@ def test_training_without_room_to_restart_fails_with_one_line(tiny_path, tmp_pat
     assert "\n" not in error and error.startswith("training failed: "), error
     assert victim.node_id[:12] in error and "rerun the same command" in error, error
     assert str(out.resolve()) in error
+
+
+def _serving_cfg(port: int):
+    return parse_workflow(
+        {
+            "name": "mn",
+            "model": {"name_or_path": "builtin:tiny"},
+            "serving": {
+                "port": port,
+                "min_replicas": 2,
+                "max_replicas": 2,
+                "cpus_per_replica": 1,
+                "proxy_location": "HeadOnly",
+            },
+        }
+    )
+
+
+def _replicas_on(nodes: int, timeout: float = 120) -> set[str]:
+    """Wait until the Policy's replicas are alive on `nodes` distinct nodes; their nodes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        placed = _nodes_of("Policy")
+        status = serve.status().applications[APP_NAME].deployments["Policy"]
+        if len(placed) == nodes and status.replica_states.get("RUNNING", 0) == nodes:
+            return placed
+        time.sleep(0.2)
+    raise AssertionError(f"the Policy never ran on {nodes} nodes (it is on {_nodes_of('Policy')})")
+
+
+class _Load:
+    """`clients` threads, each sending one short completion after another until stopped:
+    every request's start, end and status (None: no answer within the client timeout)."""
+
+    def __init__(self, url: str, clients: int, timeout: float) -> None:
+        self.url, self.timeout, self.log = url, timeout, []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._client, args=(c,)) for c in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    def _client(self, c: int) -> None:
+        body = {"model": "mn", "prompt": "The film", "max_tokens": 8, "seed": c}
+        with httpx.Client(timeout=self.timeout) as client:
+            while not self.stop.is_set():
+                start = time.monotonic()
+                try:
+                    r = client.post(f"{self.url}/v1/completions", json=body)
+                    status, retry = r.status_code, r.headers.get("retry-after")
+                except httpx.HTTPError:
+                    status, retry = None, None
+                self.log.append((start, time.monotonic(), status, retry))
+
+    def finish(self) -> list[tuple]:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=2 * self.timeout)
+        return sorted(self.log)
+
+
+@pytest.mark.timeout(300)
+def test_serving_loses_at_most_1_percent_when_a_replicas_node_dies(tiny_path) -> None:
+    port = free_port()
+    with loopback_cluster([{"num_cpus": 1}, {"num_cpus": 1}]) as (cluster, nodes):
+        url = serve_model(_serving_cfg(port), "builtin:tiny")["url"]
+        placed = _replicas_on(2)
+        load = _Load(url, clients=8, timeout=30)
+        time.sleep(3)
+        victim = next(n for n in nodes if n.node_id in placed)
+        killed = time.monotonic()
+        cluster.remove_node(victim, allow_graceful=False)
+        assert _marked_dead(victim.node_id)
+        time.sleep(3)
+        cluster.add_node(node_ip_address="127.0.0.1", num_cpus=1)
+        _replicas_on(2)
+        recovered = time.monotonic()
+        time.sleep(4)
+        log = load.finish()
+    before = [x for x in log if x[0] < killed]
+    during = [x for x in log if killed <= x[0] < recovered]
+    after = [x for x in log if x[0] >= recovered]
+    slowest = max(end - start for start, end, *_ in log)
+    print(
+        f"failover: {len(during)} requests between the kill and recovery "
+        f"({recovered - killed:.1f} s), {sum(x[2] != 200 for x in during)} failed; "
+        f"{len(after)} after; slowest answer {slowest:.2f} s"
+    )
+    assert before and during and after
+    assert all(s == 200 for *_, s, _ in before)
+    failed = [x for x in during if x[2] != 200]
+    assert all(s == 503 and retry for *_, s, retry in failed), failed
+    assert len(failed) <= 0.01 * len(during), f"{len(failed)} of {len(during)} failed"
+    assert all(s == 200 for *_, s, _ in after), "a request failed after the node came back"

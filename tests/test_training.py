@@ -254,11 +254,9 @@ def test_the_shared_trunk_gives_the_policy_its_own_logprobs(
     assert torch.allclose(values, full_values, atol=1e-5)
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_killed_worker_is_recovered_from_the_last_checkpoint(
-    samples: Path, tmp_path: Path, stage: int
-) -> None:
-    out = tmp_path / "train"
+def test_killed_worker_is_recovered_from_the_last_checkpoint(samples: Path, tmp_path: Path) -> None:
+    """ZeRO-2's checkpoint (ZeRO-3's is resumed by the stopped-run test below)."""
+    out, stage = tmp_path / "train", 2
     steps = STEPS_TO_INTERRUPT[stage]
     cfg = parse_workflow(_raw(zero_stage=stage, steps=steps, checkpoint_every=5))
     done: dict = {}
@@ -277,8 +275,9 @@ def test_killed_worker_is_recovered_from_the_last_checkpoint(
     assert [s["step"] for s in read_steps(out / "metrics.jsonl")] == list(range(1, steps + 1))
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_stopped_run_resumes_from_its_checkpoint(samples: Path, tmp_path: Path, stage: int) -> None:
+def test_stopped_run_resumes_from_its_checkpoint(samples: Path, tmp_path: Path) -> None:
+    """ZeRO-3's partitioned checkpoint, by a new process (ZeRO-2's: the killed-worker test)."""
+    stage = 3
     steps = STEPS_TO_INTERRUPT[stage]
     raw = _raw(zero_stage=stage, steps=steps, checkpoint_every=5)
     workflow = tmp_path / "wf.yaml"

@@ -255,6 +255,9 @@ class ServingConfig(_Section):
     cpus_per_replica: float = Field(1.0, ge=0)
     gpus_per_replica: float = Field(0.0, ge=0)
     bon_n: int | None = Field(None, ge=2)
+    # HeadOnly: the HTTP proxy and the ingress run on the head node only, so a worker node's loss
+    # costs only its policy replica (and every node may share one address, as on loopback)
+    proxy_location: Literal["EveryNode", "HeadOnly"] = "EveryNode"
 
     @model_validator(mode="after")
     def _replicas(self) -> ServingConfig:

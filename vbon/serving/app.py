@@ -43,6 +43,7 @@ APP_NAME = "vbon"
 BATCH_HEADER = "x-vbon-batch-size"  # how many requests shared the generate call
 REPLICA_LOST = (ActorDiedError, ActorUnavailableError)  # a replica (or its node) died mid-request
 MAX_BODY_BYTES = 2**21  # larger request bodies get 413
+HEAD_NODE = "node:__internal_head__"  # the resource Ray gives the head node alone
 
 
 @serve.deployment(name="Policy")
@@ -320,14 +321,23 @@ class Ingress:
         jobs = self._jobs(req, prompts, logprobs, echo)
         self._admit()
         try:
-            samples = await asyncio.gather(*(self.policy.generate.remote(job) for job in jobs))
+            samples = await asyncio.gather(*(self._generate(job) for job in jobs))
             if not self.serving.bon_n:
                 return [c for per_prompt in samples for c in per_prompt]
             return await self._best_of(samples, raw, req.n, self.serving.bon_n)
-        except REPLICA_LOST:
-            raise APIError(503, "a replica was lost while answering; retry shortly") from None
         finally:
             self.in_flight -= 1
+
+    async def _generate(self, job: Job) -> list[dict]:
+        """One job on a policy replica. A job whose replica dies (with its node) is sent once
+        more, to another replica: its seeds make the answer the same. Then 503 + Retry-After."""
+        try:
+            return await self.policy.generate.remote(job)
+        except REPLICA_LOST:
+            try:
+                return await self.policy.generate.remote(job)
+            except REPLICA_LOST:
+                raise APIError(503, "a replica was lost while answering; retry shortly") from None
 
     def _live(self, body, prompts: list[list[int]], used: int, fmt) -> StreamingResponse:
         """A one-sample stream as the replica draws it: text deltas per decoding step, each
@@ -453,7 +463,10 @@ def build_app(
     scorer = None
     if serving.bon_n:
         scorer = ScorerDeployment.options(ray_actor_options={"num_cpus": 0}).bind(reward)
+    ingress = {"num_cpus": 0}
+    if serving.proxy_location == "HeadOnly":  # beside the proxy (Ray's own head-node resource)
+        ingress["resources"] = {HEAD_NODE: 0.001}
     return Ingress.options(
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options=ingress,
         max_ongoing_requests=serving.max_pending_requests + 32,
     ).bind(policy, scorer, model, serving, model_name, api_key)

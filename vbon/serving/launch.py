@@ -47,7 +47,7 @@ def serve_model(
     load_tokenizer(model)  # fails fast, on one line, before any replica starts
     s = cfg.serving
     name = model_name or cfg.name
-    serve.start(http_options={"host": s.host, "port": s.port})
+    serve.start(proxy_location=s.proxy_location, http_options={"host": s.host, "port": s.port})
     serve.run(
         build_app(model, s, cfg.reward, name, key), name=APP_NAME, route_prefix="/", blocking=False
     )

@@ -68,15 +68,14 @@ def masses_fn(ref: TabularPolicy, reward_fn: RewardFn, m: int | None, seed: int 
 
 
 def score_fn(run: ToyRun, ref: TabularPolicy, reward_fn: RewardFn):
-    """The sequence reward that the method's RL term maximises."""
+    """The sequence reward that the method's RL term maximises. It depends on y only through
+    r(y), its masses and pi_ref(y), so it is tabulated once over all V^L sequences."""
     method = get_method(run.method)
-    masses = masses_fn(ref, reward_fn, run.m, run.seed)
-
-    def score(s: torch.Tensor) -> torch.Tensor:
-        p_lt, p_le = masses(s)
-        return method.score(reward_fn(s), p_lt, p_le, ref.token_logprobs(s).sum(-1), run.n)
-
-    return score
+    seqs = all_sequences(ref.vocab, ref.length)
+    p_lt, p_le = masses_fn(ref, reward_fn, run.m, run.seed)(seqs)
+    with torch.no_grad():
+        table = method.score(reward_fn(seqs), p_lt, p_le, ref.token_logprobs(seqs).sum(-1), run.n)
+    return lambda s: table[sequence_index(s, ref.vocab)]
 
 
 def optimum(ref: TabularPolicy, reward_fn: RewardFn, run: ToyRun) -> torch.Tensor:
