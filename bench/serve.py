@@ -2,7 +2,7 @@
 endpoints (N = 4 and 8) over the same model, swept over 1, 8, 32 and 64 concurrent clients.
 
 At each level every endpoint gets 2 requests per client (at least 8; review openings,
-`--max-tokens` tokens each) on one replica with all the machine's cores (`--cpus`); batches grow
+`--max-tokens` tokens each; closed-loop clients on one asyncio client) on one replica with all the machine's cores (`--cpus`); batches grow
 with the load (no batch-size or overload cut-off). Per level it reports requests/s, sequences/s
 (N per BoN request), the mean batch (requests per generate call), p50 and p95 latency, and the
 one-sample / BoN requests/s ratio (goal at 64 clients: at least 0.8 N). Two more figures say
@@ -17,7 +17,7 @@ answer's. Writes bench/results/serve.json and serve.png (throughput against load
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
+import asyncio
 import json
 import os
 import socket
@@ -68,18 +68,33 @@ def deploy(model: str, bon_n: int | None, port: int, cpus: float) -> str:
 
 
 def drive(url: str, prompts: list[str], concurrency: int, max_tokens: int) -> dict:
-    def one(i: int) -> tuple[float, int]:
-        start = time.perf_counter()
-        body = {"model": "bench", "prompt": prompts[i], "max_tokens": max_tokens, "seed": i}
-        r = httpx.post(f"{url}/v1/completions", json=body, timeout=600)
-        r.raise_for_status()
-        return time.perf_counter() - start, int(r.headers["x-vbon-batch-size"])
+    """`concurrency` clients, each sending its next request when its last is answered, from one
+    asyncio client with kept-alive connections (a load generator that costs the 2-core machine
+    little beside the server it measures)."""
 
-    one(0)  # warm-up, not counted
-    start = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        latencies, batches = zip(*pool.map(one, range(len(prompts))), strict=True)
-    wall = time.perf_counter() - start
+    async def clients() -> tuple[list[tuple[float, int]], float]:
+        limits = httpx.Limits(max_connections=concurrency)
+        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+
+            async def one(i: int) -> tuple[float, int]:
+                start = time.perf_counter()
+                body = {"model": "bench", "prompt": prompts[i], "max_tokens": max_tokens, "seed": i}
+                r = await client.post(f"{url}/v1/completions", json=body)
+                r.raise_for_status()
+                return time.perf_counter() - start, int(r.headers["x-vbon-batch-size"])
+
+            await one(0)  # warm-up, not counted
+            todo = iter(range(len(prompts)))
+
+            async def client_loop() -> list[tuple[float, int]]:
+                return [await one(i) for i in todo]
+
+            start = time.perf_counter()
+            loops = await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+            return [r for loop in loops for r in loop], time.perf_counter() - start
+
+    rows, wall = asyncio.run(clients())
+    latencies, batches = zip(*rows, strict=True)
     latencies = sorted(latencies)
     return {
         "requests": len(prompts),

@@ -247,7 +247,8 @@ class ServingConfig(_Section):
     max_tokens: int = Field(256, ge=1)
     max_n: int = Field(8, ge=1)
     max_batch_size: int = Field(64, ge=1)  # requests per batch: batches grow with the load
-    batch_wait_ms: float = Field(10.0, ge=0)
+    batch_wait_ms: float = Field(10.0, ge=0)  # a batch closes once no request came for this long
+    batch_max_wait_ms: float = Field(100.0, ge=0)  # ... or this long after its first request
     max_pending_requests: int = Field(64, ge=1)
     drain_s: float = Field(
         30.0, ge=0

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from vbon.config import ModelConfig, RewardConfig, ServingConfig
 from vbon.rewards import build_scorer
 from vbon.sampling.generate import row_seed
+from vbon.serving.batching import BurstBatcher
 from vbon.serving.engine import CompletionEngine, Job
 from vbon.serving.protocol import (
     APIError,
@@ -48,36 +49,68 @@ HEAD_NODE = "node:__internal_head__"  # the resource Ray gives the head node alo
 
 @serve.deployment(name="Policy")
 class PolicyDeployment:
-    """The served model; jobs arriving within `batch_wait_ms`, or while the previous call ran,
-    share one batched call. A streamed batch decodes on a thread and hands over every step."""
+    """The served model. Jobs that arrive in one burst share one batched call
+    (`batching.BurstBatcher`); it runs on a thread, so the replica keeps taking requests (they
+    form the next batch). A streamed batch hands over every decoding step."""
 
     def __init__(self, model: ModelConfig, serving: ServingConfig) -> None:
         gpu = serving.gpus_per_replica > 0 and torch.cuda.is_available()
         if not gpu:
             torch.set_num_threads(max(1, int(serving.cpus_per_replica)))
         self.engine = CompletionEngine(model, "cuda" if gpu else "cpu")
-        for batched in (self.generate, self._stream_batch):
-            batched.set_max_batch_size(serving.max_batch_size)
-            batched.set_batch_wait_timeout_s(serving.batch_wait_ms / 1000)
+        batching = {
+            "max_size": serving.max_batch_size,
+            "gap_s": serving.batch_wait_ms / 1000,
+            "max_wait_s": serving.batch_max_wait_ms / 1000,
+        }
+        self.runs = BurstBatcher(self._run, **batching)
+        self.streams = BurstBatcher(self._stream, **batching)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def generate(self, jobs: list[Job]) -> list[list[dict]]:
-        # on the event loop, on purpose: Serve forms the next batch only once this one is done,
-        # from every request that arrived meanwhile (on a thread, it would form small ones early)
-        return self.engine.run(jobs)
+    async def generate(self, job: Job) -> list[dict]:
+        return await self.runs.submit(job)
 
     async def stream(self, job: Job):
         """`generate`, streamed: per decoding step, the job's new events (`engine.stream`)."""
-        async for events in self._stream_batch(job):
+        steps: asyncio.Queue = asyncio.Queue()
+        batch = asyncio.ensure_future(self.streams.submit((job, steps)))
+        batch.add_done_callback(lambda f: f.cancelled() or f.exception())  # it comes via steps
+        while (events := await steps.get()) is not None:
+            if isinstance(events, Exception):
+                raise events
             yield events
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _stream_batch(self, jobs: list[Job]):
-        # an async generator method of its own: Serve would take serve.batch's wrapper of it
-        # for a sync method
-        steps = self.engine.stream(jobs)
-        while (step := await asyncio.to_thread(next, steps, None)) is not None:
-            yield [StopIteration if events is None else events for events in step]
+    async def _run(self, jobs: list[Job]) -> list[list[dict]]:
+        return await asyncio.to_thread(self.engine.run, jobs)
+
+    async def _stream(self, items: list[tuple[Job, asyncio.Queue]]) -> list[None]:
+        """One streamed batch: each step's events go to their job's queue as they come; None
+        ends a job's queue once it has ended, or the batch's error does."""
+        loop = asyncio.get_running_loop()
+        ended = [False] * len(items)
+
+        def end(k: int, last: Exception | None = None) -> None:
+            ended[k] = True
+            loop.call_soon_threadsafe(items[k][1].put_nowait, last)
+
+        def work() -> None:
+            try:
+                for step in self.engine.stream([job for job, _ in items]):
+                    for k, events in enumerate(step):
+                        if events is None and not ended[k]:
+                            end(k)
+                        elif events:
+                            loop.call_soon_threadsafe(items[k][1].put_nowait, events)
+            except Exception as exc:
+                for k in range(len(items)):
+                    if not ended[k]:
+                        end(k, exc)
+                raise
+            for k in range(len(items)):
+                if not ended[k]:
+                    end(k)
+
+        await asyncio.to_thread(work)
+        return [None] * len(items)
 
 
 @serve.deployment(name="Scorer")
