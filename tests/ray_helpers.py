@@ -71,11 +71,12 @@ FAST_HEALTH_CHECKS = {
 
 @contextmanager
 def loopback_cluster(
-    workers: list[dict], env: dict[str, str] | None = None
+    workers: list[dict], env: dict[str, str] | None = None, head: dict | None = None
 ) -> Iterator[tuple[object, list]]:
     """A real multi-node Ray on this machine (`ray.cluster_utils.Cluster`, as Ray's own
     node-failure tests use): a head raylet with no CPUs for work (the GCS and this driver), then
-    one raylet per entry of `workers` (its `add_node` arguments: num_cpus, resources). Yields
+    one raylet per entry of `workers` (its `add_node` arguments: num_cpus, resources); `head`: more
+    head arguments (a dashboard for jobs). Yields
     the cluster and the worker nodes; `cluster.remove_node(node, allow_graceful=False)` SIGKILLs
     one node's processes by their PIDs. `env`: more variables for every worker. Everything
     listens on 127.0.0.1 and is stopped here."""
@@ -86,7 +87,12 @@ def loopback_cluster(
     loopback = {"node_ip_address": "127.0.0.1", "include_dashboard": False}
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 0, "_system_config": FAST_HEALTH_CHECKS, **loopback},
+        head_node_args={
+            "num_cpus": 0,
+            "_system_config": FAST_HEALTH_CHECKS,
+            **loopback,
+            **(head or {}),
+        },
     )
     try:
         nodes = [cluster.add_node(node_ip_address="127.0.0.1", **w) for w in workers]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -11,6 +15,7 @@ import httpx
 import pytest
 import ray
 import torch
+import yaml
 from ray import serve
 from ray_helpers import free_port, loopback_cluster, wait_for_step
 
@@ -270,3 +275,79 @@ def test_serving_loses_at_most_1_percent_when_a_replicas_node_dies(tiny_path) ->
     assert all(s == 503 and retry for *_, s, retry in failed), failed
     assert len(failed) <= 0.01 * len(during), f"{len(failed)} of {len(during)} failed"
     assert all(s == 200 for *_, s, _ in after), "a request failed after the node came back"
+
+
+def _own_disk(folders: list[str]) -> dict:
+    """A 1-CPU worker node with its own Ray temp folder (short: socket paths are limited), noted
+    in `folders` for removal."""
+    import tempfile
+
+    folders.append(tempfile.mkdtemp(prefix="vn", dir="/tmp"))
+    return {"num_cpus": 1, "temp_dir": folders[-1]}
+
+
+@pytest.mark.timeout(600)
+def test_a_submitted_job_survives_a_worker_node_lost_in_training(
+    tiny_path, tmp_path, monkeypatch
+) -> None:
+    """`vbon submit` to the cluster's job server; a Train worker's node dies, a replacement joins,
+    and the job still SUCCEEDS with its logs showing the resume."""
+    # the job's `python` is this virtual environment's, as on a provisioned node
+    monkeypatch.setenv(
+        "PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    )
+    root = Path(__file__).resolve().parent.parent
+    runs, port = tmp_path / "runs", free_port()
+    raw = _training_raw() | {"name": "job", "run_dir": str(runs)}
+    del raw["reward"]  # VADER: the job's workers import vbon from its working_dir, not tests/
+    raw["data"] = {"max_prompts": 16, "test_fraction": 0.25}
+    raw["evaluation"] = {"n_values": [1, 2], "samples_per_prompt": 2, "bootstrap": 20}
+    raw["resources"] = raw["resources"] | {"ray_address": "auto"}
+    workflow = root / "workflows" / f".test-job-{os.getpid()}.yaml"  # travels with the project
+    workflow.write_text(yaml.safe_dump(raw))
+    dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
+    vbon, address = [sys.executable, "-m", "vbon.cli"], f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    # each raylet its own temp folder, as each machine has its own disk: the job's working_dir
+    # is unpacked (and cleaned up) per node, and nodes sharing one folder race on it
+    disks: list[str] = []
+    proc = None
+    try:
+        with loopback_cluster([_own_disk(disks), _own_disk(disks)], head=dashboard) as (
+            cluster,
+            nodes,
+        ):
+            submit = [*vbon, "submit", str(workflow), "--address", address, "--wait"]
+            proc = subprocess.Popen(submit, env=env, stdout=subprocess.PIPE, text=True)
+            metrics = runs / "job" / "train" / "metrics.jsonl"
+            deadline = time.monotonic() + 300
+            while proc.poll() is None and time.monotonic() < deadline:
+                if metrics.is_file() and any(s["step"] >= 7 for s in read_steps(metrics)):
+                    break
+                time.sleep(0.2)
+            assert proc.poll() is None, f"the job ended before step 7: {proc.communicate()[0]}"
+            victim = next(n for n in nodes if n.node_id in _nodes_of("RayTrainWorker"))
+            cluster.remove_node(victim, allow_graceful=False)
+            killed_at = max(s["step"] for s in read_steps(metrics))
+            cluster.add_node(node_ip_address="127.0.0.1", **_own_disk(disks))
+            out, _ = proc.communicate(timeout=400)
+            job_id = out.split("submitted ", 1)[1].split()[0]
+            logs = subprocess.run(
+                [*vbon, "logs", job_id, "--address", address],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()  # the submitting client (this test's own process)
+            proc.wait()
+        workflow.unlink()
+        for folder in disks:
+            shutil.rmtree(folder, ignore_errors=True)
+    resumed = next((x for x in logs.splitlines() if "[train] resumed from step" in x), None)
+    print(f"job: node killed after step {killed_at}; {resumed}")
+    assert proc.returncode == 0 and f"job {job_id}: SUCCEEDED" in out, out[-3000:]
+    assert "[train] resumed from step" in logs and "[3/3] evaluation: done" in logs, logs[-3000:]
+    assert [s["step"] for s in read_steps(metrics)] == list(range(1, 15))
