@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -280,8 +281,6 @@ def test_serving_loses_at_most_1_percent_when_a_replicas_node_dies(tiny_path) ->
 def _own_disk(folders: list[str]) -> dict:
     """A 1-CPU worker node with its own Ray temp folder (short: socket paths are limited), noted
     in `folders` for removal."""
-    import tempfile
-
     folders.append(tempfile.mkdtemp(prefix="vn", dir="/tmp"))
     return {"num_cpus": 1, "temp_dir": folders[-1]}
 

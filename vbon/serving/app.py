@@ -93,6 +93,7 @@ class PolicyDeployment:
             loop.call_soon_threadsafe(items[k][1].put_nowait, last)
 
         def work() -> None:
+            error = None
             try:
                 for step in self.engine.stream([job for job, _ in items]):
                     for k, events in enumerate(step):
@@ -101,13 +102,12 @@ class PolicyDeployment:
                         elif events:
                             loop.call_soon_threadsafe(items[k][1].put_nowait, events)
             except Exception as exc:
+                error = exc
+                raise
+            finally:
                 for k in range(len(items)):
                     if not ended[k]:
-                        end(k, exc)
-                raise
-            for k in range(len(items)):
-                if not ended[k]:
-                    end(k)
+                        end(k, error)
 
         await asyncio.to_thread(work)
         return [None] * len(items)
@@ -358,19 +358,18 @@ class Ingress:
             if not self.serving.bon_n:
                 return [c for per_prompt in samples for c in per_prompt]
             return await self._best_of(samples, raw, req.n, self.serving.bon_n)
+        except REPLICA_LOST:
+            raise APIError(503, "a replica was lost while answering; retry shortly") from None
         finally:
             self.in_flight -= 1
 
     async def _generate(self, job: Job) -> list[dict]:
         """One job on a policy replica. A job whose replica dies (with its node) is sent once
-        more, to another replica: its seeds make the answer the same. Then 503 + Retry-After."""
+        more, to another replica: its seeds make the answer the same."""
         try:
             return await self.policy.generate.remote(job)
         except REPLICA_LOST:
-            try:
-                return await self.policy.generate.remote(job)
-            except REPLICA_LOST:
-                raise APIError(503, "a replica was lost while answering; retry shortly") from None
+            return await self.policy.generate.remote(job)
 
     def _live(self, body, prompts: list[list[int]], used: int, fmt) -> StreamingResponse:
         """A one-sample stream as the replica draws it: text deltas per decoding step, each
