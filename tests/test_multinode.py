@@ -290,7 +290,7 @@ def test_a_submitted_job_survives_a_worker_node_lost_in_training(
     tiny_path, tmp_path, monkeypatch
 ) -> None:
     """`vbon submit` to the cluster's job server; a Train worker's node dies, a replacement joins,
-    and the job still SUCCEEDS with its logs showing the resume."""
+    and the job still SUCCEEDS (`vbon status`) with its logs showing the resume (`vbon logs`)."""
     # the job's `python` is this virtual environment's, as on a provisioned node
     monkeypatch.setenv(
         "PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
@@ -331,13 +331,16 @@ def test_a_submitted_job_survives_a_worker_node_lost_in_training(
             cluster.add_node(node_ip_address="127.0.0.1", **_own_disk(disks))
             out, _ = proc.communicate(timeout=400)
             job_id = out.split("submitted ", 1)[1].split()[0]
-            logs = subprocess.run(
-                [*vbon, "logs", job_id, "--address", address],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            ).stdout
+            logs, status = [
+                subprocess.run(
+                    [*vbon, command, job_id, "--address", address],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                ).stdout
+                for command in ("logs", "status")
+            ]
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()  # the submitting client (this test's own process)
@@ -348,5 +351,6 @@ def test_a_submitted_job_survives_a_worker_node_lost_in_training(
     resumed = next((x for x in logs.splitlines() if "[train] resumed from step" in x), None)
     print(f"job: node killed after step {killed_at}; {resumed}")
     assert proc.returncode == 0 and f"job {job_id}: SUCCEEDED" in out, out[-3000:]
+    assert status.strip() == "SUCCEEDED"
     assert "[train] resumed from step" in logs and "[3/3] evaluation: done" in logs, logs[-3000:]
     assert [s["step"] for s in read_steps(metrics)] == list(range(1, 15))

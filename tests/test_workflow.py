@@ -13,7 +13,7 @@ from ray_helpers import free_port, local_ray
 from vbon.config import parse_workflow
 from vbon.errors import VbonError
 from vbon.manifest import read_manifest
-from vbon.workflow import run_workflow
+from vbon.workflow import local_run_dir, run_workflow
 
 TESTS = Path(__file__).resolve().parent
 pytestmark = pytest.mark.slow
@@ -136,7 +136,8 @@ def test_uri_run_dir_is_mirrored_and_pulled_back(tmp_path: Path) -> None:
 
 def _cli_reuses_the_run(cfg, tmp_path: Path) -> None:
     """`vbon evaluate`, `vbon train` and `vbon sample` after `vbon run`: each runs the workflow
-    up to its stage, finds it done, skips it and prints its result, on the same run folder."""
+    up to its stage, finds it done, skips it and prints its result, on the same run folder,
+    without starting Ray (which would log to the run folder's ray.log)."""
     import os
     import subprocess
     import sys
@@ -164,3 +165,4 @@ def _cli_reuses_the_run(cfg, tmp_path: Path) -> None:
         assert stages and all("up to date, skipped" in ln for ln in stages), done.stdout
         assert shown in done.stdout, done.stdout
         assert "WARNING" not in done.stdout + done.stderr  # Ray's chatter stays in its log
+    assert not (local_run_dir(cfg) / "ray.log").exists()

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 from vbon.config import WorkflowConfig, load_workflow, parse_workflow
@@ -31,13 +32,15 @@ def _load(args: argparse.Namespace) -> WorkflowConfig:
 
 
 def _stage(args: argparse.Namespace, target: str) -> tuple[WorkflowConfig, Path]:
-    """Run the workflow up to `target` (that stage and what it needs, reusing what is done)."""
+    """Run the workflow up to `target` (that stage and what it needs, reusing what is done).
+    Ray starts only if a stage has to run."""
     from vbon.ray_runtime import ray_session
     from vbon.workflow import local_run_dir, run_workflow
 
     cfg = _load(args)
-    with ray_session(cfg.resources, args.verbose, local_run_dir(cfg)):
-        run_workflow(cfg, serve=False, target=target)
+    session = ray_session(cfg.resources, args.verbose, local_run_dir(cfg))
+    with ExitStack() as stack:
+        run_workflow(cfg, serve=False, target=target, connect=lambda: stack.enter_context(session))
     return cfg, local_run_dir(cfg)
 
 

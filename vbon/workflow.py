@@ -156,9 +156,12 @@ def run_workflow(
     serve: bool = True,
     log: Callable[[str], None] = print,
     target: str | None = None,
+    connect: Callable[[], object] = lambda: None,
 ) -> dict:
-    """Run (or skip) each stage on the Ray the caller started; returns run.json's content.
-    `target` restricts the run to that stage and the stages it needs."""
+    """Run (or skip) each stage on Ray; returns run.json's content. `target` restricts the run
+    to that stage and the stages it needs. `connect` is called once, before the first stage that
+    has to run: a caller can start Ray there, so a run where every stage is up to date needs
+    no cluster (the serving stage's check does: start Ray before, for a run that serves)."""
     remote = is_uri(cfg.run_dir)
     run_dir = local_run_dir(cfg)
     if remote:
@@ -169,6 +172,8 @@ def run_workflow(
     keys = {s.name: s.key(cfg, run_dir) for s in stages}
     forced = set(STAGE_NAMES[STAGE_NAMES.index(from_stage) :]) if from_stage else set()
     todo = [s for s in stages if s.name in forced or not _up_to_date(s, run_dir, keys[s.name])]
+    if todo:
+        connect()
     if any(s.durable for s in todo):
         _stop_serving()
     record: dict = {"workflow": cfg.name, "stages": {}}

@@ -54,18 +54,14 @@ class TabularPolicy(nn.Module):
 
     def token_logprobs(self, seqs: torch.Tensor) -> torch.Tensor:
         """log pi(y_t | y_<t), [B, L]."""
-        logp = torch.log_softmax(self.logits[self._prefix_ids(seqs)], dim=-1)
-        return logp.gather(-1, seqs.unsqueeze(-1)).squeeze(-1)
+        return torch.log_softmax(self.logits, dim=-1)[self._prefix_ids(seqs), seqs]
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        seqs = torch.zeros(n, self.length, dtype=torch.long)
-        code = torch.zeros(n, dtype=torch.long)
-        for t in range(self.length):
-            probs = torch.softmax(self.logits[self.offsets[t] + code], dim=-1)
-            seqs[:, t] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-            code = code * self.vocab + seqs[:, t]
-        return seqs
+        """n i.i.d. sequences, [n, L]: drawn from the enumerated pi in one categorical draw,
+        the same distribution as decoding token by token, at a fraction of the cost."""
+        picks = torch.multinomial(self.probs(), n, replacement=True, generator=generator)
+        return all_sequences(self.vocab, self.length)[picks]
 
     @torch.no_grad()
     def probs(self) -> torch.Tensor:

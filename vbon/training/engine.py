@@ -85,6 +85,17 @@ def frozen_placement(ds_config: dict) -> Callable[[nn.Module], nn.Module]:
     return place
 
 
+def skip_inference_kernels() -> None:
+    """Before DeepSpeed's first use in a process. Its CPU communication backend JIT-compiles a
+    shared-memory all-reduce kernel on start (measured: 35-40 s on 2 cores, once per node and
+    environment) that only its tensor-parallel inference calls; training all-reduces through
+    torch.distributed either way. So that kernel is marked unavailable, as DeepSpeed marks a
+    kernel the machine cannot build (`deepspeed.ops.__compatible_ops__`)."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def initialize(policy: nn.Module, t: TrainingConfig, ds_config: dict):
     """The DeepSpeed engine over the trainable parameters, AdamW and the LR schedule."""
     import deepspeed

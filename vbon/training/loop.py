@@ -138,6 +138,7 @@ def train_loop(config: dict) -> None:
     from vbon.training import memory, timing
     from vbon.training.update import cached_step, rl_step
 
+    ds.skip_inference_kernels()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
