@@ -160,8 +160,9 @@ def run_workflow(
 ) -> dict:
     """Run (or skip) each stage on Ray; returns run.json's content. `target` restricts the run
     to that stage and the stages it needs. `connect` is called once, before the first stage that
-    has to run: a caller can start Ray there, so a run where every stage is up to date needs
-    no cluster (the serving stage's check does: start Ray before, for a run that serves)."""
+    has to run: a caller can start Ray there, so a run whose stages are all up to date needs no
+    cluster. The serving stage's up-to-date check asks Serve, so a run that serves starts Ray
+    before calling this."""
     remote = is_uri(cfg.run_dir)
     run_dir = local_run_dir(cfg)
     if remote:

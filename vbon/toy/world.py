@@ -40,6 +40,7 @@ class TabularPolicy(nn.Module):
         self.register_buffer(
             "offsets", torch.tensor([sum(vocab**s for s in range(t)) for t in range(length)])
         )
+        self.register_buffer("outcomes", all_sequences(vocab, length), persistent=False)
 
     def _prefix_ids(self, seqs: torch.Tensor) -> torch.Tensor:
         ids = torch.zeros_like(seqs)
@@ -61,12 +62,12 @@ class TabularPolicy(nn.Module):
         """n i.i.d. sequences, [n, L]: drawn from the enumerated pi in one categorical draw,
         the same distribution as decoding token by token, at a fraction of the cost."""
         picks = torch.multinomial(self.probs(), n, replacement=True, generator=generator)
-        return all_sequences(self.vocab, self.length)[picks]
+        return self.outcomes[picks]
 
     @torch.no_grad()
     def probs(self) -> torch.Tensor:
-        """Exact pi over `all_sequences(V, L)`."""
-        return self.token_logprobs(all_sequences(self.vocab, self.length)).sum(-1).exp()
+        """Exact pi over `all_sequences(V, L)` (the `outcomes`, enumerated once)."""
+        return self.token_logprobs(self.outcomes).sum(-1).exp()
 
 
 def random_reference(vocab: int, length: int, seed: int = 0, scale: float = 1.0) -> TabularPolicy:
