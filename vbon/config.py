@@ -246,8 +246,8 @@ class ServingConfig(_Section):
     max_prompt_tokens: int = Field(512, ge=1)
     max_tokens: int = Field(256, ge=1)
     max_n: int = Field(8, ge=1)
-    max_batch_size: int = Field(64, ge=1)  # requests per batch: batches grow with the load
-    batch_wait_ms: float = Field(10.0, ge=0)  # a batch closes once no request came for this long
+    max_batch_size: int = Field(64, ge=1)  # requests decoding together at most
+    batch_wait_ms: float = Field(10.0, ge=0)  # idle replica: a burst ends after this quiet
     batch_max_wait_ms: float = Field(100.0, ge=0)  # ... or this long after its first request
     max_pending_requests: int = Field(64, ge=1)
     drain_s: float = Field(

@@ -3,20 +3,19 @@
 `generate` draws every sequence with its own `torch.Generator` by inversion: one uniform u per
 row and step, and the first token whose cumulative probability under q (the temperature / top-k /
 top-p distribution of `sampling_probs`) exceeds u. A row's sample depends on its seed alone, not on
-which other prompts share its batch, nor on how many actors ran; one random number per token keeps
-the sampler cheap next to the model. It is the one sampler of vbon: reference sampling, training rollouts, evaluation and
-serving all draw through it.
+which other prompts share its batch, nor on how many actors ran; one random number per token
+keeps the sampler cheap next to the model. It is the one sampler of vbon: reference sampling,
+training rollouts and evaluation draw through `generate`, and serving's continuous batch
+(`vbon.serving.engine`) through `sampling_probs` and `inverse_cdf_sample`.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
-from transformers.generation.streamers import BaseStreamer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from vbon.config import SamplingConfig
@@ -88,21 +87,6 @@ def inverse_cdf_sample(
     return (b * block + j)[:, 0]
 
 
-class StepStreamer(BaseStreamer):
-    """Hands each decoding step's new tokens [B] to `on_step` (generate first puts the prompt)."""
-
-    def __init__(self, on_step: Callable[[torch.Tensor], None]) -> None:
-        self.on_step, self.prompt_seen = on_step, False
-
-    def put(self, value: torch.Tensor) -> None:
-        if self.prompt_seen:
-            self.on_step(value.reshape(-1))
-        self.prompt_seen = True
-
-    def end(self) -> None:
-        pass
-
-
 @dataclass
 class Completions:
     """Flat over rows (prompt-major: all M samples of a prompt are adjacent)."""
@@ -121,7 +105,7 @@ def completion_lengths(tokens: torch.Tensor, eos_id: int, pad_id: int) -> torch.
     return torch.minimum(first_eos + 1, non_pad + 1).clamp(0, t)
 
 
-def _last_logits_only(model: PreTrainedModel) -> dict:
+def last_logits_only(model: PreTrainedModel) -> dict:
     """Each step's logits at the last position only, as an index tensor (see
     `vbon.models.logprobs.last_positions`: the int form is 8x slower in bf16 on CPU)."""
     if "logits_to_keep" not in inspect.signature(model.forward).parameters:
@@ -154,10 +138,8 @@ def generate_from_ids(
     seeds: list[list[int]],
     cfg: SamplingConfig,
     synced_gpus: bool = False,
-    on_step: Callable[[torch.Tensor], None] | None = None,
 ) -> Completions:
-    """`generate` on prompts given as token ids (each non-empty), left-padded into one batch.
-    `on_step`: called with every decoding step's tokens [rows] as they are drawn (streaming)."""
+    """`generate` on prompts given as token ids (each non-empty), left-padded into one batch."""
     rows = [{"input_ids": p} for p, s in zip(prompt_ids, seeds, strict=True) for _ in s]
     flat_seeds = [x for s in seeds for x in s]
     enc = tok.pad(rows, padding=True, return_tensors="pt").to(model.device)
@@ -172,12 +154,11 @@ def generate_from_ids(
     )
     out = model.generate(
         **enc,
-        **_last_logits_only(model),
+        **last_logits_only(model),
         generation_config=gen_cfg,
         logits_processor=LogitsProcessorList([sampler]),
         tokenizer=tok if cfg.stop else None,
         synced_gpus=synced_gpus,
-        streamer=StepStreamer(on_step) if on_step else None,
     )
     tokens = out[:, enc.input_ids.shape[1] :].cpu()
     lengths = completion_lengths(tokens, tok.eos_token_id, tok.pad_token_id)

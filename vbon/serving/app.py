@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from vbon.config import ModelConfig, RewardConfig, ServingConfig
 from vbon.rewards import build_scorer
 from vbon.sampling.generate import row_seed
-from vbon.serving.batching import BurstBatcher
+from vbon.serving.batching import ContinuousBatcher
 from vbon.serving.engine import CompletionEngine, Job
 from vbon.serving.protocol import (
     APIError,
@@ -49,68 +49,34 @@ HEAD_NODE = "node:__internal_head__"  # the resource Ray gives the head node alo
 
 @serve.deployment(name="Policy")
 class PolicyDeployment:
-    """The served model. Jobs that arrive in one burst share one batched call
-    (`batching.BurstBatcher`); it runs on a thread, so the replica keeps taking requests (they
-    form the next batch). A streamed batch hands over every decoding step."""
+    """The served model, continuously batched (`batching.ContinuousBatcher`): a request joins the
+    running decode at the next step, on the engine's own thread, so the replica keeps taking
+    requests; a stream gets every decoding step's text."""
 
     def __init__(self, model: ModelConfig, serving: ServingConfig) -> None:
         gpu = serving.gpus_per_replica > 0 and torch.cuda.is_available()
         if not gpu:
             torch.set_num_threads(max(1, int(serving.cpus_per_replica)))
         self.engine = CompletionEngine(model, "cuda" if gpu else "cpu")
-        batching = {
-            "max_size": serving.max_batch_size,
-            "gap_s": serving.batch_wait_ms / 1000,
-            "max_wait_s": serving.batch_max_wait_ms / 1000,
-        }
-        self.runs = BurstBatcher(self._run, **batching)
-        self.streams = BurstBatcher(self._stream, **batching)
+        self.batcher = ContinuousBatcher(
+            self.engine,
+            max_jobs=serving.max_batch_size,
+            gap_s=serving.batch_wait_ms / 1000,
+            max_wait_s=serving.batch_max_wait_ms / 1000,
+        )
 
     async def generate(self, job: Job) -> list[dict]:
-        return await self.runs.submit(job)
+        return await self.batcher.submit(job)
 
     async def stream(self, job: Job):
-        """`generate`, streamed: per decoding step, the job's new events (`engine.stream`)."""
+        """`generate`, streamed: per decoding step, the job's new events (`engine.step`)."""
         steps: asyncio.Queue = asyncio.Queue()
-        batch = asyncio.ensure_future(self.streams.submit((job, steps)))
-        batch.add_done_callback(lambda f: f.cancelled() or f.exception())  # it comes via steps
+        done = asyncio.ensure_future(self.batcher.submit(job, steps.put_nowait))
+        done.add_done_callback(lambda f: steps.put_nowait(None if f.cancelled() else f.exception()))
         while (events := await steps.get()) is not None:
-            if isinstance(events, Exception):
+            if isinstance(events, BaseException):
                 raise events
             yield events
-
-    async def _run(self, jobs: list[Job]) -> list[list[dict]]:
-        return await asyncio.to_thread(self.engine.run, jobs)
-
-    async def _stream(self, items: list[tuple[Job, asyncio.Queue]]) -> list[None]:
-        """One streamed batch: each step's events go to their job's queue as they come; None
-        ends a job's queue once it has ended, or the batch's error does."""
-        loop = asyncio.get_running_loop()
-        ended = [False] * len(items)
-
-        def end(k: int, last: Exception | None = None) -> None:
-            ended[k] = True
-            loop.call_soon_threadsafe(items[k][1].put_nowait, last)
-
-        def work() -> None:
-            error = None
-            try:
-                for step in self.engine.stream([job for job, _ in items]):
-                    for k, events in enumerate(step):
-                        if events is None and not ended[k]:
-                            end(k)
-                        elif events:
-                            loop.call_soon_threadsafe(items[k][1].put_nowait, events)
-            except Exception as exc:
-                error = exc
-                raise
-            finally:
-                for k in range(len(items)):
-                    if not ended[k]:
-                        end(k, error)
-
-        await asyncio.to_thread(work)
-        return [None] * len(items)
 
 
 @serve.deployment(name="Scorer")

@@ -1,20 +1,19 @@
-"""Batched completion for the serving replicas: jobs that arrive together share `generate` calls
-(one per distinct sampling setting), every sample drawn with its own seed; per-token
-log-probabilities on request (OpenAI `logprobs`, `echo`); or the same, streamed step by step."""
+"""Completion for the serving replicas, continuously batched (`decode.DecodeBatch`): a job joins
+the running decode at any step and each of its samples, drawn with its own seed, leaves when it
+ends; per-token log-probabilities on request (OpenAI `logprobs`, `echo`); text deltas per step for
+streams."""
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import groupby
 
 import torch
 
-from vbon.config import ModelConfig, SamplingConfig
+from vbon.config import ModelConfig
 from vbon.models import load_causal_lm, load_tokenizer
-from vbon.sampling.generate import generate_from_ids
+from vbon.sampling.generate import inverse_cdf_sample, sampling_probs
+from vbon.serving.decode import DecodeBatch
 
 MIN_TEMPERATURE = 1e-4  # temperature 0 (greedy) is sampled at this temperature
 
@@ -33,9 +32,6 @@ class Job:
     stop: tuple[str, ...] = ()
     logprobs: int | None = None
     echo: bool = False
-
-    def setting(self) -> tuple:
-        return (self.max_tokens, self.temperature, self.top_p, self.stop)
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
@@ -93,136 +89,152 @@ def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, k: int) -> tuple:
 
 
 @dataclass
-class _Row:
-    """One streamed sample: its tokens so far and how much of its text was sent."""
+class Running:
+    """A job in the engine: its choices as its samples end (None until then). `shared`: the most
+    jobs it was decoded beside (itself included); `stream`: its rows report text deltas."""
 
-    job: int
+    job: Job
+    stream: bool
+    choices: list[dict | None]
+    shared: int = 1
+
+    @property
+    def done(self) -> bool:
+        return all(c is not None for c in self.choices)
+
+
+@dataclass
+class _Row:
+    """One sample being decoded: its generator, its tokens so far, how much of its text was sent."""
+
+    live: Running
     index: int
+    generator: torch.Generator
     ids: list[int] = field(default_factory=list)
     sent: int = 0
-    done: bool = False
 
 
 class CompletionEngine:
-    """A causal LM and its tokenizer on one replica."""
+    """A causal LM and its tokenizer on one replica, decoding with continuous batching: jobs
+    `admit` into the running batch at any step, and each sample leaves it when it ends."""
 
     def __init__(self, model: ModelConfig, device: str = "cpu") -> None:
         self.tok = load_tokenizer(model)
         self.model = load_causal_lm(model, device)
+        self.reset()
+
+    def reset(self) -> None:
+        """Drop every running sample (after a fault)."""
+        self.batch = DecodeBatch(self.model, self.tok.pad_token_id)
+        self.rows: list[_Row] = []
+
+    @property
+    def running(self) -> int:
+        """Jobs with samples being decoded."""
+        return len({id(r.live) for r in self.rows})
+
+    def admit(self, jobs: list[Job], streams: list[bool] | None = None) -> list[Running]:
+        """The jobs' samples join the batch, their prompts prefilled together; a job of
+        `max_tokens` 0 is answered at once. `streams`: which jobs report text deltas."""
+        streams = streams or [False] * len(jobs)
+        handles = [Running(j, s, [None] * len(j.seeds)) for j, s in zip(jobs, streams, strict=True)]
+        rows = []
+        for h in handles:
+            if h.job.max_tokens == 0:
+                h.choices = [self._choice(h.job, [], 1) for _ in h.job.seeds]
+            else:
+                rows += [
+                    _Row(h, j, torch.Generator().manual_seed(s)) for j, s in enumerate(h.job.seeds)
+                ]
+        if rows:
+            self.batch.join([list(r.live.job.prompt_ids) for r in rows])
+            self.rows += rows
+        return handles
+
+    def step(self) -> list[tuple[Running, list[dict]]]:
+        """One decoding step of every running sample. Per job with samples in it, its events:
+        {"index": j, "text": delta} as a streamed sample j grows (never past a stop string), then
+        {"index": j, "choice": c} when it ends, with `run`'s choice c."""
+        if not self.rows:
+            return []
+        tokens = self._sample()
+        live = {id(r.live): r.live for r in self.rows}
+        events: dict[int, list[dict]] = {k: [] for k in live}
+        keep = []
+        for row, token in zip(self.rows, tokens.tolist(), strict=True):
+            row.live.shared = max(row.live.shared, len(live))
+            new, ended = self._grow(row, token)
+            events[id(row.live)] += new
+            keep.append(not ended)
+        self.batch.advance(tokens, torch.tensor(keep))
+        self.rows = [r for r, k in zip(self.rows, keep, strict=True) if k]
+        return [(live[k], e) for k, e in events.items()]
 
     def run(self, jobs: list[Job]) -> list[list[dict]]:
         """Per job, one choice per seed: {"text", "num_tokens", "finish_reason", "batch",
-        "token_ids", "pieces", "prompt_pieces", "logprobs"}. `batch`: the number of jobs that shared this
-        call; `pieces`: the completion text split by token; `prompt_pieces`: the prompt's, with
-        echo; `logprobs`: per-token entries {"token", "logprob", "top"} when asked."""
-        results: dict[int, list[dict]] = {}
-        order = sorted(range(len(jobs)), key=lambda i: repr(jobs[i].setting()))
-        for _, group in groupby(order, key=lambda i: repr(jobs[i].setting())):
-            idx = list(group)
-            results |= dict(zip(idx, self._run_group([jobs[i] for i in idx]), strict=True))
-        return [results[i] for i in range(len(jobs))]
+        "token_ids", "pieces", "prompt_pieces", "logprobs"}. `batch`: the most jobs decoded
+        together with it; `pieces`: the completion text split by token; `prompt_pieces`: the
+        prompt's, with echo; `logprobs`: per-token entries {"token", "logprob", "top"} when asked.
+        Steps the engine until these jobs end (anything else running moves on too)."""
+        handles = self.admit(jobs)
+        while not all(h.done for h in handles):
+            self.step()
+        return [h.choices for h in handles]
 
     def stream(self, jobs: list[Job]) -> Iterator[list[list[dict] | None]]:
-        """`run`, step by step: per decoding step, per job, its new events (None once it has
-        ended): {"index": j, "text": delta} as sample j's text grows (never past a stop string),
-        then {"index": j, "choice": c} with `run`'s choice c when the sample ends."""
-        order = sorted(range(len(jobs)), key=lambda i: repr(jobs[i].setting()))
-        ended = [False] * len(jobs)
-        for _, group in groupby(order, key=lambda i: repr(jobs[i].setting())):
-            idx = list(group)
-            for step in self._stream_group([jobs[i] for i in idx]):
-                out: list[list[dict] | None] = [None if e else [] for e in ended]
-                for i, events in zip(idx, step, strict=True):
-                    out[i] = events
-                yield out
-                for i, events in zip(idx, step, strict=True):
-                    ended[i] = events is None
-            for i in idx:
-                ended[i] = True
+        """`run`, step by step: per decoding step, per job, its new events (`step`), None once it
+        has ended."""
+        handles = self.admit(jobs, [True] * len(jobs))
+        yield [
+            [{"index": j, "choice": c} for j, c in enumerate(h.choices)] if h.done else []
+            for h in handles
+        ]
+        while not all(h.done for h in handles):
+            ended = [h.done for h in handles]
+            got = {id(h): e for h, e in self.step()}
+            yield [None if e else got.get(id(h), []) for h, e in zip(handles, ended, strict=True)]
 
-    def _stream_group(self, jobs: list[Job]) -> Iterator[list[list[dict] | None]]:
-        """One `generate` call, streamed: it runs on a thread and hands over each step's tokens."""
-        rows = [_Row(n, j) for n, job in enumerate(jobs) for j in range(len(job.seeds))]
-        if jobs[0].max_tokens == 0:
-            yield self._step(jobs, rows, [None] * len(rows))
-            return
-        steps: queue.Queue = queue.Queue()
+    def _sample(self) -> torch.Tensor:
+        """Each sample's next token, drawn by inversion with its own generator
+        (`vbon.sampling.generate`) at its job's temperature and top_p: rows of one setting at once."""
+        tokens = torch.empty(len(self.rows), dtype=torch.long)
+        settings: dict[tuple[float, float], list[int]] = {}
+        for i, r in enumerate(self.rows):
+            key = (max(r.live.job.temperature, MIN_TEMPERATURE), r.live.job.top_p)
+            settings.setdefault(key, []).append(i)
+        for (temperature, top_p), idx in settings.items():
+            q = sampling_probs(self.batch.logits[idx], temperature, 0, top_p)
+            tokens[idx] = inverse_cdf_sample(q.cpu(), [self.rows[i].generator for i in idx])
+        return tokens
 
-        def work() -> None:
-            try:
-                self._generate(jobs, on_step=steps.put)
-                steps.put(None)
-            except BaseException as e:  # raised again on the consuming side
-                steps.put(e)
-
-        threading.Thread(target=work, daemon=True).start()
-        while (tokens := steps.get()) is not None:
-            if isinstance(tokens, BaseException):
-                raise tokens
-            yield self._step(jobs, rows, tokens.tolist())
-        yield self._step(jobs, rows, [None] * len(rows))
-
-    def _step(self, jobs: list[Job], rows: list[_Row], tokens: list) -> list[list[dict] | None]:
-        """Per job, the events of its live rows on their next tokens (None: the row ends);
-        None for a job that had already ended."""
-        ended = [all(r.done for r in rows if r.job == n) for n in range(len(jobs))]
-        out: list[list[dict] | None] = [None if e else [] for e in ended]
-        for row, token in zip(rows, tokens, strict=True):
-            if not row.done:
-                out[row.job] += (
-                    self._end(jobs, row) if token is None else self._grow(jobs, row, token)
-                )
-        return out
-
-    def _grow(self, jobs: list[Job], row: _Row, token: int) -> list[dict]:
-        """A row's events on its next token."""
-        job = jobs[row.job]
+    def _grow(self, row: _Row, token: int) -> tuple[list[dict], bool]:
+        """A sample's events on its next token, and whether it ended: at EOS (kept), PAD, a stop
+        string or `max_tokens`."""
+        job = row.live.job
         if token in (self.tok.eos_token_id, self.tok.pad_token_id):
             row.ids += [token] if token == self.tok.eos_token_id else []
-            return self._end(jobs, row)
+            return self._end(row), True
         row.ids.append(token)
+        if not (job.stop or row.live.stream):
+            return (self._end(row), True) if len(row.ids) >= job.max_tokens else ([], False)
         text = self.tok.decode(row.ids, skip_special_tokens=True)
-        if cut_at_stop(text, job.stop)[1]:
-            return self._end(jobs, row)
+        if cut_at_stop(text, job.stop)[1] or len(row.ids) >= job.max_tokens:
+            return self._end(row), True
+        if not row.live.stream:
+            return [], False
         n = emittable(text, job.stop)
         events = [{"index": row.index, "text": text[row.sent : n]}] if n > row.sent else []
         row.sent = max(row.sent, n)
-        return events
+        return events, False
 
-    def _end(self, jobs: list[Job], row: _Row) -> list[dict]:
-        """A row's last events: the rest of its text and its choice."""
-        row.done = True
-        choice = self._choice(jobs[row.job], row.ids, len(jobs))
-        rest = choice["text"][row.sent :]
+    def _end(self, row: _Row) -> list[dict]:
+        """A sample's last events: the rest of its text (streams) and its choice."""
+        choice = self._choice(row.live.job, row.ids, row.live.shared)
+        row.live.choices[row.index] = choice
+        rest = choice["text"][row.sent :] if row.live.stream else ""
         return ([{"index": row.index, "text": rest}] if rest else []) + [
             {"index": row.index, "choice": choice}
         ]
-
-    def _run_group(self, jobs: list[Job]) -> list[list[dict]]:
-        rows = [job for job in jobs for _ in job.seeds]
-        completions = self._generate(jobs) if jobs[0].max_tokens else [[] for _ in rows]
-        choices = [
-            self._choice(job, ids, len(jobs)) for job, ids in zip(rows, completions, strict=True)
-        ]
-        it = iter(choices)
-        return [[next(it) for _ in job.seeds] for job in jobs]
-
-    @torch.no_grad()
-    def _generate(self, jobs: list[Job], on_step=None) -> list[list[int]]:
-        """One batched call for jobs of one setting: the completion token ids of every seed."""
-        first = jobs[0]
-        cfg = SamplingConfig(
-            max_new_tokens=first.max_tokens,
-            temperature=max(first.temperature, MIN_TEMPERATURE),
-            top_p=first.top_p,
-            top_k=0,
-            stop=list(first.stop),
-        )
-        prompts = [list(j.prompt_ids) for j in jobs]
-        seeds = [list(j.seeds) for j in jobs]
-        return generate_from_ids(
-            self.model, self.tok, prompts, seeds, cfg, on_step=on_step
-        ).token_ids
 
     def _choice(self, job: Job, ids: list[int], batch: int) -> dict:
         pieces = token_pieces(self.tok, ids, skip_special_tokens=True)
