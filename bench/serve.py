@@ -2,9 +2,10 @@
 endpoints (N = 4 and 8) over the same model, swept over 1, 8, 32 and 64 concurrent clients.
 
 At each level every endpoint gets 2 requests per client (at least 8; review openings,
-`--max-tokens` tokens each; closed-loop clients on one asyncio client) on one replica with all the machine's cores (`--cpus`); batches grow
-with the load (no batch-size or overload cut-off). Per level it reports requests/s, sequences/s
-(N per BoN request), the mean batch (requests per generate call), p50 and p95 latency, and the
+`--max-tokens` tokens each; closed-loop clients on one asyncio client) on one replica with all
+the machine's cores (`--cpus`), continuously batched with no batch-size or overload cut-off. Per
+level it reports requests/s, sequences/s (N per BoN request), the mean batch (the most requests
+each was decoded beside, `x-vbon-batch-size`), p50 and p95 latency, and the
 one-sample / BoN requests/s ratio (goal at 64 clients: at least 0.8 N). Two more figures say
 what bounds it: the engine ceiling, the same ratio for the bare `CompletionEngine` (no HTTP, no
 Serve) generating one call of the rows each endpoint has in flight at that load; and, for the
