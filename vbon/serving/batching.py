@@ -83,9 +83,8 @@ class ContinuousBatcher:
         owners: dict[int, _Request] = {}
         while True:
             self._collect(waiting)
-            joining = []
-            while waiting and self.engine.running + len(joining) < self.max_jobs:
-                joining.append(waiting.popleft())
+            room = self.max_jobs - self.engine.running  # counted once: it walks every row
+            joining = [waiting.popleft() for _ in range(min(room, len(waiting)))]
             live = [r for r in joining if not r.future.done()]  # callers that gave up are left out
             try:
                 handles = self.engine.admit(
