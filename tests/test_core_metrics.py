@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
 from vbon.core.bon import bon_win_rate_limit
 from vbon.core.metrics import (
     best_of_first_n,
+    bon_reward,
+    bon_win_rate,
     break_even_requests,
     gain_recovered,
     interpolate_curve,
     mean_and_stderr,
+    win_rate_vs_bon,
     win_rate_vs_samples,
 )
 
@@ -31,6 +36,43 @@ def test_bon_win_rate_on_unseen_samples_is_n_over_n_plus_1(n: int) -> None:
     )
     mean, stderr = mean_and_stderr(win_rate_vs_samples(best_of_first_n(rewards, n), rewards[:, n:]))
     assert abs(mean - bon_win_rate_limit(n)) < 4 * stderr + 1e-3
+
+
+def _beats(a: float, b: float) -> float:
+    return 1.0 if a > b else 0.5 if a == b else 0.0
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_bon_statistics_equal_the_average_over_every_subset(n: int) -> None:
+    """Brute force over every N-subset (and unseen sample) of M = 7 tied rewards."""
+    rewards = torch.tensor(
+        [[0.0, 0.0, 1.0, 0.0, 2.0, 1.0, -1.0], [3.0, 3.0, 3.0, 0.0, 3.0, 3.0, 3.0]]
+    )
+    probes = torch.tensor([[0.0, 1.0, 2.5], [3.0, -1.0, 0.0]])
+    m = rewards.shape[1]
+    for p, row in enumerate(rewards.tolist()):
+        subsets = list(itertools.combinations(range(m), n))
+        reward = sum(max(row[i] for i in s) for s in subsets) / len(subsets)
+        vs_bon = [
+            sum(_beats(x, max(row[i] for i in s)) for s in subsets) / len(subsets)
+            for x in probes[p].tolist()
+        ]
+        wins = [
+            _beats(max(row[i] for i in s), row[j])
+            for j in range(m)
+            for s in itertools.combinations([i for i in range(m) if i != j], n)
+        ]
+        assert float(bon_reward(rewards, n)[p]) == pytest.approx(reward)
+        assert win_rate_vs_bon(probes, rewards, n)[p].tolist() == pytest.approx(vs_bon)
+        assert float(bon_win_rate(rewards, n)[p]) == pytest.approx(sum(wins) / len(wins))
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_bon_win_rate_is_n_over_n_plus_1_on_every_prompt_without_ties(n: int) -> None:
+    rewards = torch.randn(50, 12, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    assert bon_win_rate(rewards, n).tolist() == pytest.approx([bon_win_rate_limit(n)] * 50)
+    with pytest.raises(ValueError, match="N <= M - 1"):
+        bon_win_rate(rewards, 12)
 
 
 def test_gain_recovered_is_the_ratio_of_gains_with_a_paired_error() -> None:

@@ -75,6 +75,13 @@ def _log_comb(a: torch.Tensor, k: int) -> torch.Tensor:
     return torch.where(a >= k, value, -torch.inf)
 
 
+def subset_max_cdf(count: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    """C(count, N) / C(M, N): the probability that all N samples drawn without replacement from M
+    fall among `count` given ones, i.e. that their maximum is at or below a reward that `count` of
+    the M samples do not exceed (or strictly below it, with `count` the samples below it)."""
+    return torch.exp(_log_comb(count, n) - float(_log_comb(torch.tensor(m), n)))
+
+
 def bon_pick_probs(rewards: torch.Tensor, n: int) -> torch.Tensor:
     """Probability that each of M samples is the Best-of-N pick when N of them are drawn without
     replacement and ties go to the lowest draw index (the rule of `bon_probs`):
@@ -92,8 +99,7 @@ def bon_pick_probs(rewards: torch.Tensor, n: int) -> torch.Tensor:
     r = rewards.unsqueeze(-1)
     n_lt = (rewards.unsqueeze(-2) < r).sum(-1)
     n_le = (rewards.unsqueeze(-2) <= r).sum(-1)
-    log_total = float(_log_comb(torch.tensor(m), n))
-    block = torch.exp(_log_comb(n_le, n) - log_total) - torch.exp(_log_comb(n_lt, n) - log_total)
+    block = subset_max_cdf(n_le, m, n) - subset_max_cdf(n_lt, m, n)
     return block / (n_le - n_lt).double()
 
 

@@ -1,13 +1,56 @@
-"""Sample-based BoN metrics over cached reference samples (rewards [P, M] per prompt)."""
+"""Sample-based BoN metrics over cached reference samples (rewards [P, M] per prompt).
+
+BoN-N's statistics are U-statistics: the average over every N-subset of the M cached samples
+(and, for a win rate, over every unseen sample), in closed form through q(c) = C(c, N) / C(M, N),
+the chance that N samples drawn without replacement all fall among c given ones. They are
+unbiased for BoN-N under i.i.d. reference samples, like one pick among the first N, but with the
+pick's own noise averaged out (the Rao-Blackwell improvement of that single pick).
+"""
 
 from __future__ import annotations
 
 import torch
 
+from vbon.core.bon import subset_max_cdf
+
 
 def best_of_first_n(rewards: torch.Tensor, n: int) -> torch.Tensor:
     """Reward of the BoN sample among the first n of each prompt's M samples: max_{i<n} r_i. [P]."""
     return rewards[:, :n].max(-1).values
+
+
+def bon_reward(rewards: torch.Tensor, n: int) -> torch.Tensor:
+    """E[max of N of the M samples drawn without replacement] = sum_i r_(i) (q(i) - q(i-1)), with
+    r_(1) <= ... <= r_(M) and q(i) = C(i, N) / C(M, N) the chance that the max is at most r_(i).
+    rewards [P, M]; returns [P]."""
+    m = rewards.shape[-1]
+    q = subset_max_cdf(torch.arange(m + 1), m, n)
+    return (rewards.double().sort(-1).values * (q[1:] - q[:-1])).sum(-1)
+
+
+def win_rate_vs_bon(rewards: torch.Tensor, ref_rewards: torch.Tensor, n: int) -> torch.Tensor:
+    """Per sample, P(r beats BoN-N's pick among the M reference samples) + half the ties:
+    (q(n_lt) + q(n_le)) / 2, with n_lt, n_le the reference samples below and at-or-below r.
+    rewards [P, k], ref_rewards [P, M]; returns [P, k]."""
+    m = ref_rewards.shape[-1]
+    r, ref = rewards.unsqueeze(-1), ref_rewards.unsqueeze(-2)
+    n_lt, n_le = (ref < r).sum(-1), (ref <= r).sum(-1)
+    return 0.5 * (subset_max_cdf(n_lt, m, n) + subset_max_cdf(n_le, m, n))
+
+
+def bon_win_rate(rewards: torch.Tensor, n: int) -> torch.Tensor:
+    """BoN-N's win rate against the reference, ties half: each sample j in turn is the reference
+    draw and BoN picks among N of the other M - 1, so the estimate is
+    1 - mean_j (q'(n_lt,j) + q'(n_le,j)) / 2 with q'(c) = C(c, N) / C(M - 1, N) and the counts
+    over the others. With distinct rewards it is N/(N+1) on every prompt. Needs N <= M - 1.
+    rewards [P, M]; returns [P]."""
+    m = rewards.shape[-1]
+    if not 1 <= n <= m - 1:
+        raise ValueError(f"BoN's win rate needs 1 <= N <= M - 1 unseen samples, got N={n}, M={m}")
+    r, others = rewards.unsqueeze(-1), rewards.unsqueeze(-2)
+    n_lt, n_le = (others < r).sum(-1), (others <= r).sum(-1) - 1
+    beaten = 0.5 * (subset_max_cdf(n_lt, m - 1, n) + subset_max_cdf(n_le, m - 1, n))
+    return 1.0 - beaten.mean(-1)
 
 
 def win_rate_vs_samples(rewards: torch.Tensor, ref_rewards: torch.Tensor) -> torch.Tensor:

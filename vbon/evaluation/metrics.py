@@ -15,10 +15,13 @@ import torch
 from vbon.core.bon import bon_kl_bound
 from vbon.core.metrics import (
     best_of_first_n,
+    bon_reward,
+    bon_win_rate,
     bootstrap_interval,
     gain_recovered,
     interpolate_curve,
     mean_and_stderr,
+    win_rate_vs_bon,
     win_rate_vs_reward,
     win_rate_vs_samples,
 )
@@ -41,17 +44,17 @@ def policy_row(
     k1: torch.Tensor,
     k3: torch.Tensor,
     ref_rewards: torch.Tensor,
-    bon_rewards: torch.Tensor,
+    bon_n: int,
     resamples: int,
 ) -> dict:
     """A sampled policy. Win rates, ties counting half: against the first cached reference
     sample (the paper's), against all M cached samples (lower variance), and against BoN's pick
-    at the workflow's N."""
+    at the workflow's N (averaged over every N of the M cached samples)."""
     per_sample = {
         "reward": rewards,
         "win_rate_first": win_rate_vs_reward(rewards, ref_rewards[:, :1]),
         "win_rate": win_rate_vs_reward(rewards[..., None], ref_rewards[:, None, :]).mean(-1),
-        "win_rate_vs_bon": win_rate_vs_reward(rewards, bon_rewards[:, None]),
+        "win_rate_vs_bon": win_rate_vs_bon(rewards, ref_rewards, bon_n),
         "kl": k1,
         "kl_k3": k3,
     }
@@ -65,7 +68,7 @@ def closeness_to_bon(row: dict, bon_rows: list[dict], bon_n: int) -> dict:
     - `gain_recovered` G = (WR - 0.5) / (WR_BoN(N) - 0.5) at the workflow's N, paired over prompts;
     - `gap_to_bon_curve`: BoN's win rate at the policy's KL (linear between the reference at KL 0
       and the measured BoN points) minus the policy's; its error is the policy's alone.
-    Win rates are against all M reference samples (BoN: against the ones it did not see)."""
+    Win rates are against all M reference samples (BoN: against the ones it did not pick from)."""
     curve = sorted(
         [(0.0, 0.5)]
         + [
@@ -98,22 +101,21 @@ def _nan() -> dict:
 
 def reference_row(ref_rewards: torch.Tensor, bon_n: int, resamples: int) -> dict:
     """The reference from its cached samples: samples 1..M-1 scored against sample 0 (the
-    paper's) and against the other M-1 (leave one out), and the samples BoN did not see
-    (n..M-1) against BoN's pick; KL is 0 exactly."""
+    paper's) and each against the other M-1 (leave one out), and each against BoN's pick among N
+    of the others; KL is 0 exactly."""
     others, m = ref_rewards[:, 1:], ref_rewards.shape[1]
     loo = torch.stack(
         [win_rate_vs_samples(ref_rewards[:, j], _drop(ref_rewards, j)) for j in range(m)], -1
     )
-    bon = best_of_first_n(ref_rewards, bon_n)
     row = {
         "reward": estimate(ref_rewards.mean(-1), resamples),
         "win_rate_first": estimate(
             win_rate_vs_reward(others, ref_rewards[:, :1]).mean(-1), resamples
         ),
         "win_rate": estimate(loo.mean(-1), resamples),
-        "win_rate_vs_bon": estimate(
-            win_rate_vs_reward(ref_rewards[:, bon_n:], bon[:, None]).mean(-1), resamples
-        ),
+        "win_rate_vs_bon": estimate(1.0 - bon_win_rate(ref_rewards, bon_n), resamples)
+        if bon_n < m
+        else _nan(),
         "kl": exact(0.0),
         "kl_k3": exact(0.0),
     }
@@ -121,30 +123,31 @@ def reference_row(ref_rewards: torch.Tensor, bon_n: int, resamples: int) -> dict
 
 
 def bon_row(n: int, ref_rewards: torch.Tensor, resamples: int) -> dict:
-    """BoN at n from the cached samples, no new generation: its pick among the first n, scored
-    against the first unseen sample (index n, the paper's) and against all M - n unseen ones.
+    """BoN at n from the cached samples, no new generation. Reward and win rate (against all
+    M - n samples it did not pick from) are averaged over every n-subset of the M samples
+    (`vbon.core.metrics`), which removes the noise of a single pick; `win_rate_first` is the
+    paper's protocol: the pick among the first n against sample n.
     KL is the closed form log n - (n-1)/n: exact for distinct rewards, an upper bound with ties."""
-    best = best_of_first_n(ref_rewards, n)
-    unseen = ref_rewards[:, n:]
+    m = ref_rewards.shape[1]
     nan = _nan()
+    per_prompt = bon_win_rate(ref_rewards, n) if n < m else None
     row = {
-        "reward": estimate(best, resamples),
-        "win_rate_first": estimate(win_rate_vs_reward(best, unseen[:, 0]), resamples)
-        if unseen.shape[1]
+        "reward": estimate(bon_reward(ref_rewards, n), resamples),
+        "win_rate_first": estimate(
+            win_rate_vs_reward(best_of_first_n(ref_rewards, n), ref_rewards[:, n]), resamples
+        )
+        if n < m
         else nan,
-        "win_rate": estimate(win_rate_vs_samples(best, unseen), resamples)
-        if unseen.shape[1]
-        else nan,
+        "win_rate": estimate(per_prompt, resamples) if per_prompt is not None else nan,
         "win_rate_vs_bon": nan,
         "kl": exact(bon_kl_bound(n)),
         "kl_k3": exact(bon_kl_bound(n)),
     }
-    per_prompt = win_rate_vs_samples(best, unseen).tolist() if unseen.shape[1] else []
     return {
         "method": f"BoN N={n}",
         "kind": "bon",
         "n": n,
-        "per_prompt_win_rate": per_prompt,
+        "per_prompt_win_rate": per_prompt.tolist() if per_prompt is not None else [],
         **row,
         "kl_method": "closed form log N - (N-1)/N",
     }

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from vbon.actor_pool import ActorPool
 from vbon.config import WorkflowConfig
-from vbon.core.metrics import best_of_first_n, break_even_requests
+from vbon.core.metrics import break_even_requests
 from vbon.errors import DataError, VbonError
 from vbon.evaluation.metrics import bon_row, closeness_to_bon, policy_row, reference_row
 from vbon.evaluation.policy_eval import PolicyEvaluator
@@ -42,6 +42,7 @@ from vbon.plots import pareto_plot
 from vbon.sampling.stage import read_samples, sampling_hash
 
 _Evaluator = ray.remote(PolicyEvaluator)
+ESTIMATES = 2  # the metrics' definitions: a change recomputes cached evaluations
 
 
 def _policy_identity(path: Path) -> str:
@@ -61,6 +62,7 @@ def evaluation_hash(
     ids = {k: (identities or {}).get(k) or _policy_identity(Path(v)) for k, v in policies.items()}
     return config_hash(
         {
+            "estimates": ESTIMATES,
             "samples": sampling_hash(cfg),
             "n": cfg.n,
             "evaluation": cfg.evaluation,
@@ -175,13 +177,12 @@ def run_evaluation(
     b = cfg.evaluation.bootstrap
     rows = [reference_row(ref_rewards, cfg.n, b)]
     rows += [bon_row(n, ref_rewards, b) for n in sorted(set(cfg.evaluation.n_values) - {1})]
-    bon = best_of_first_n(ref_rewards, cfg.n)
     for name, prow in sampled.items():
         t = {
             k: torch.tensor([r[k] for r in prow], dtype=torch.float64)
             for k in ("rewards", "kl_k1", "kl_k3")
         }
-        row = policy_row(name, t["rewards"], t["kl_k1"], t["kl_k3"], ref_rewards, bon, b)
+        row = policy_row(name, t["rewards"], t["kl_k1"], t["kl_k3"], ref_rewards, cfg.n, b)
         row |= closeness_to_bon(row, [r for r in rows if r["kind"] == "bon"], cfg.n)
         if name in timing:
             row["cost"] = _cost(samples, policies[name], timing[name], cfg.n)

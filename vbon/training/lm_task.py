@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 from vbon.config import WorkflowConfig
 from vbon.core.cdf import empirical_masses
 from vbon.core.losses import kl_full
-from vbon.core.metrics import best_of_first_n, win_rate_vs_reward, win_rate_vs_samples
+from vbon.core.metrics import bon_win_rate, win_rate_vs_samples
 from vbon.methods import Method, WeightFn
 from vbon.models import load_causal_lm, load_tokenizer
 from vbon.models.logprobs import (
@@ -318,7 +318,7 @@ class LanguageModelTask:
     def heldout_win_rate(self, policy: nn.Module, rank: int, world: int, synced: bool) -> dict:
         """This rank's share of the held-out learning curve: sums over its prompts of the policy's
         win rate against all M cached reference samples (ties half), one sample per prompt at a
-        fixed seed, and of BoN-N's (its pick among the first N against the unseen M - N)."""
+        fixed seed, and of BoN-N's (over every N of the M against the samples it did not pick from)."""
         rows = self.heldout[rank::world]
         if not self.heldout or (not rows and not synced):
             return {"prompts": 0.0, "policy": 0.0, "bon": 0.0}
@@ -327,11 +327,10 @@ class LanguageModelTask:
             return {"prompts": 0.0, "policy": 0.0, "bon": 0.0}
         ref = torch.tensor([r["rewards"] for r in rows], dtype=torch.float64)
         n = self.cfg.n
-        bon = win_rate_vs_reward(best_of_first_n(ref, n)[:, None], ref[:, n:]).mean(-1)
         return {
             "prompts": float(len(rows)),
             "policy": float(win_rate_vs_samples(rewards[:, 0], ref).sum()),
-            "bon": float(bon.sum()) if ref.shape[1] > n else float("nan"),
+            "bon": float(bon_win_rate(ref, n).sum()) if ref.shape[1] > n else float("nan"),
         }
 
     def forward(self, policy: nn.Module, batch: Batch):
