@@ -128,18 +128,17 @@ def bon_row(n: int, ref_rewards: torch.Tensor, resamples: int) -> dict:
     (`vbon.core.metrics`), which removes the noise of a single pick; `win_rate_first` is the
     paper's protocol: the pick among the first n against sample n.
     KL is the closed form log n - (n-1)/n: exact for distinct rewards, an upper bound with ties."""
-    m = ref_rewards.shape[1]
-    nan = _nan()
-    per_prompt = bon_win_rate(ref_rewards, n) if n < m else None
+    win, first, per_prompt = _nan(), _nan(), []
+    if n < ref_rewards.shape[1]:  # some samples lie outside the pick's subset
+        wins = bon_win_rate(ref_rewards, n)
+        win, per_prompt = estimate(wins, resamples), wins.tolist()
+        pick = best_of_first_n(ref_rewards, n)
+        first = estimate(win_rate_vs_reward(pick, ref_rewards[:, n]), resamples)
     row = {
         "reward": estimate(bon_reward(ref_rewards, n), resamples),
-        "win_rate_first": estimate(
-            win_rate_vs_reward(best_of_first_n(ref_rewards, n), ref_rewards[:, n]), resamples
-        )
-        if n < m
-        else nan,
-        "win_rate": estimate(per_prompt, resamples) if per_prompt is not None else nan,
-        "win_rate_vs_bon": nan,
+        "win_rate_first": first,
+        "win_rate": win,
+        "win_rate_vs_bon": _nan(),
         "kl": exact(bon_kl_bound(n)),
         "kl_k3": exact(bon_kl_bound(n)),
     }
@@ -147,7 +146,7 @@ def bon_row(n: int, ref_rewards: torch.Tensor, resamples: int) -> dict:
         "method": f"BoN N={n}",
         "kind": "bon",
         "n": n,
-        "per_prompt_win_rate": per_prompt.tolist() if per_prompt is not None else [],
+        "per_prompt_win_rate": per_prompt,
         **row,
         "kl_method": "closed form log N - (N-1)/N",
     }
