@@ -154,7 +154,7 @@ def main() -> None:
             timing[f"train {label}_s"] = recorded(folder, time.perf_counter() - began)
             print(f"trained {label} in {timing[f'train {label}_s']:.0f} s", flush=True)
         began = time.perf_counter()
-        judged = variant(base, n=max(plan["n_values"]))  # costs against BoN at the largest N
+        judged = variant(base, n=max(plan["n_values"]))  # each policy is judged at its own N
         out = run_evaluation(judged, samples, policies, args.out)
         timing["evaluation_s"] = time.perf_counter() - began
     results = json.loads((out / "results.json").read_text())

@@ -15,8 +15,9 @@ import yaml
 from PIL import Image
 
 from vbon.core.bon import bon_kl_bound, bon_probs, win_rate_vs_ref
-from vbon.core.metrics import pareto_front
+from vbon.core.metrics import gain_recovered, pareto_front
 from vbon.evaluation.metrics import bon_row, policy_row, reference_row
+from vbon.manifest import MODEL_IDENTITY
 from vbon.toy.world import all_sequences, distinct_reward, kl, random_reference, tied_reward
 
 TESTS = Path(__file__).resolve().parent
@@ -122,6 +123,8 @@ def test_vbon_evaluate_end_to_end(tmp_path: Path, tiny_path: Path) -> None:
             param.add_(0.05 * torch.randn_like(param))
     model.save_pretrained(noisy)
     AutoTokenizer.from_pretrained(tiny_path).save_pretrained(noisy)
+    made_by = {"training_hash": "noisy", "wall_s": 1.0, "n": 2}  # as `vbon train` writes it
+    (noisy / MODEL_IDENTITY).write_text(json.dumps(made_by))
 
     env = {
         **os.environ,
@@ -150,6 +153,15 @@ def test_vbon_evaluate_end_to_end(tmp_path: Path, tiny_path: Path) -> None:
     assert abs(same["gap_to_bon_curve"]["mean"]) < 4 * same["win_rate"]["se"] + 0.05
     cost = same["cost"]
     assert cost["request_s_one_sample"] > 0 and cost["request_s_bon_n4"] > 0
+    # a policy trained for N = 2 is judged against BoN-2, the workflow's N = 4 notwithstanding
+    assert (same["bon_n"], rows["noisy"]["bon_n"]) == (4, 2)
+    g, _ = gain_recovered(
+        torch.tensor(rows["noisy"]["per_prompt_win_rate"]),
+        torch.tensor(rows["BoN N=2"]["per_prompt_win_rate"]),
+    )
+    assert rows["noisy"]["gain_recovered"]["mean"] == pytest.approx(g)
+    assert rows["noisy"]["cost"]["training_s"] == 1.0
+    assert rows["noisy"]["cost"]["request_s_bon_n2"] > 0
     assert cost["sampling_s"] > 0 and "break_even_requests" in cost
     assert rows["BoN N=8"]["win_rate"]["mean"] != rows["BoN N=8"]["win_rate"]["mean"]  # N = M
     assert rows["BoN N=4"]["reward"]["mean"] >= rows["BoN N=2"]["reward"]["mean"]

@@ -49,7 +49,8 @@ def policy_row(
 ) -> dict:
     """A sampled policy. Win rates, ties counting half: against the first cached reference
     sample (the paper's), against all M cached samples (lower variance), and against BoN's pick
-    at the workflow's N (averaged over every N of the M cached samples)."""
+    at `bon_n`, the N the policy was trained for (averaged over every N of the M cached
+    samples)."""
     per_sample = {
         "reward": rewards,
         "win_rate_first": win_rate_vs_reward(rewards, ref_rewards[:, :1]),
@@ -65,7 +66,7 @@ def policy_row(
 
 def closeness_to_bon(row: dict, bon_rows: list[dict], bon_n: int) -> dict:
     """How close a policy row is to Best-of-N:
-    - `gain_recovered` G = (WR - 0.5) / (WR_BoN(N) - 0.5) at the workflow's N, paired over prompts;
+    - `gain_recovered` G = (WR - 0.5) / (WR_BoN(N) - 0.5) at the policy's N, paired over prompts;
     - `gap_to_bon_curve`: BoN's win rate at the policy's KL (linear between the reference at KL 0
       and the measured BoN points) minus the policy's; its error is the policy's alone.
     Win rates are against all M reference samples (BoN: against the ones it did not pick from)."""

@@ -64,8 +64,10 @@ def markdown_table(results: dict) -> str:
         f"{results['num_prompts']} held-out prompts; N = {results['n']}, M = {results['m']}; "
         f"{results['samples_per_prompt']} samples per prompt for each trained policy. "
         "Cells: mean ± standard error [95% bootstrap interval over prompts]; ties count half. "
-        f"G = (WR - 0.5) / (WR_BoN(N={results['n']}) - 0.5); the gap is BoN's win rate at the "
-        "policy's KL (along the measured BoN points) minus the policy's.",
+        "G = (WR - 0.5) / (WR_BoN(N) - 0.5) and the win rate vs BoN take each policy's own N, "
+        f"the one it was trained for (the workflow's N = {results['n']} for the reference); the "
+        "gap is BoN's win rate at the policy's KL (along the measured BoN points) minus the "
+        "policy's.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -95,12 +97,12 @@ def markdown_table(results: dict) -> str:
 
 def summary(results: dict) -> str:
     """The console table: the reference (before), each trained policy (after) with how close it
-    comes to BoN, and BoN at the workflow's N; then the cost lines."""
-    n = results["n"]
+    comes to BoN, and BoN at the workflow's N and at each policy's own; then the cost lines."""
     rows = results["rows"]
-    picks = [r for r in rows if r["kind"] == "reference"]
-    picks += [r for r in rows if r["kind"] == "policy"]
-    picks += [r for r in rows if r["kind"] == "bon" and r["n"] == n]
+    policies = [r for r in rows if r["kind"] == "policy"]
+    targets = {results["n"]} | {r.get("bon_n", results["n"]) for r in policies}
+    picks = [r for r in rows if r["kind"] == "reference"] + policies
+    picks += [r for r in rows if r["kind"] == "bon" and r["n"] in targets]
     width = max(len(r["method"]) for r in picks) + 2
     lines = [
         f"{'':<{width}}{'mean reward':<18}{'win rate vs ref':<18}{'KL to ref':<11}"

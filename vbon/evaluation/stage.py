@@ -1,8 +1,9 @@
 """The evaluation stage driver: the trained policies sample the held-out prompts on the actor pool
 (`vbon.actor_pool`, one group per policy); the reference and BoN at every N come from the cached
-samples without new generation. Each policy is also measured against BoN: the share of BoN's
-gain it recovers, its gap to the BoN curve, and what it cost (sampling and training seconds
-against the seconds per served request with 1 and N samples: the break-even).
+samples without new generation. Each policy is also measured against BoN at the N it was
+trained for: the share of BoN's gain it recovers, its gap to the BoN curve, and what it cost
+(sampling and training seconds against the seconds per served request with 1 and N samples: the
+break-even).
 
 Output folder:
     manifest.json         config hash (samples, evaluation settings, each policy's identity)
@@ -42,7 +43,7 @@ from vbon.plots import pareto_plot
 from vbon.sampling.stage import read_samples, sampling_hash
 
 _Evaluator = ray.remote(PolicyEvaluator)
-ESTIMATES = 2  # the metrics' definitions: a change recomputes cached evaluations
+ESTIMATES = 3  # the metrics' definitions: a change recomputes cached evaluations
 
 
 def _policy_identity(path: Path) -> str:
@@ -81,11 +82,20 @@ def _test_rows(cfg: WorkflowConfig, samples: Path) -> list[dict]:
     return rows[: cfg.evaluation.max_prompts]
 
 
+def target_n(cfg: WorkflowConfig, policy: Path) -> int:
+    """The N a policy was trained to match (recorded by `vbon train`), else the workflow's."""
+    return (read_manifest(policy, MODEL_IDENTITY) or {}).get("n", cfg.n)
+
+
 def _sample_policies(
-    cfg: WorkflowConfig, policies: dict[str, Path], prompts: list[tuple[int, str]], progress: bool
+    cfg: WorkflowConfig,
+    policies: dict[str, Path],
+    targets: dict[str, int],
+    prompts: list[tuple[int, str]],
+    progress: bool,
 ) -> tuple[dict[str, list[dict]], dict[str, dict]]:
     """Every policy's rows, from chunks of prompts on the actor pool (one group per policy), and
-    per policy the measured seconds of one served request with 1 and with N samples."""
+    per policy the measured seconds of one served request with 1 and with its target N samples."""
     res, e = cfg.resources, cfg.evaluation
     chunk = max(1, e.batch_size // e.samples_per_prompt)
     opts = {"num_cpus": res.cpus_per_actor, "num_gpus": res.gpus_per_actor}
@@ -95,7 +105,7 @@ def _sample_policies(
         "evaluator",
     )
     tasks = [
-        (name, (prompts[i : i + chunk], e.samples_per_prompt, cfg.n if i == 0 else 0))
+        (name, (prompts[i : i + chunk], e.samples_per_prompt, targets[name] if i == 0 else 0))
         for name in policies
         for i in range(0, len(prompts), chunk)
     ]
@@ -172,20 +182,25 @@ def run_evaluation(
     test = _test_rows(cfg, samples)
     ref_rewards = torch.tensor([r["rewards"] for r in test], dtype=torch.float64)
     prompts = [(r["prompt_id"], r["prompt"]) for r in test]
-    sampled, timing = _sample_policies(cfg, policies, prompts, progress) if policies else ({}, {})
+    targets = {name: target_n(cfg, Path(path)) for name, path in policies.items()}
+    sampled, timing = (
+        _sample_policies(cfg, policies, targets, prompts, progress) if policies else ({}, {})
+    )
 
     b = cfg.evaluation.bootstrap
     rows = [reference_row(ref_rewards, cfg.n, b)]
-    rows += [bon_row(n, ref_rewards, b) for n in sorted(set(cfg.evaluation.n_values) - {1})]
+    bon_ns = set(cfg.evaluation.n_values) | set(targets.values())
+    rows += [bon_row(n, ref_rewards, b) for n in sorted(bon_ns - {1})]
     for name, prow in sampled.items():
+        n = targets[name]
         t = {
             k: torch.tensor([r[k] for r in prow], dtype=torch.float64)
             for k in ("rewards", "kl_k1", "kl_k3")
         }
-        row = policy_row(name, t["rewards"], t["kl_k1"], t["kl_k3"], ref_rewards, cfg.n, b)
-        row |= closeness_to_bon(row, [r for r in rows if r["kind"] == "bon"], cfg.n)
+        row = policy_row(name, t["rewards"], t["kl_k1"], t["kl_k3"], ref_rewards, n, b)
+        row |= closeness_to_bon(row, [r for r in rows if r["kind"] == "bon"], n) | {"bon_n": n}
         if name in timing:
-            row["cost"] = _cost(samples, policies[name], timing[name], cfg.n)
+            row["cost"] = _cost(samples, policies[name], timing[name], n)
         rows.append(row)
 
     mark_pareto(rows)

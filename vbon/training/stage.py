@@ -172,7 +172,8 @@ def run_training(cfg: WorkflowConfig, samples: Path, out: Path) -> Path:
     shutil.rmtree(out / EXPORT_DIR, ignore_errors=True)
     shutil.copytree(final / EXPORT_DIR, out / EXPORT_DIR)
     wall_s = time.perf_counter() - start
-    write_json_atomic(out / EXPORT_DIR / MODEL_IDENTITY, {"training_hash": key, "wall_s": wall_s})
+    identity = {"training_hash": key, "wall_s": wall_s, "n": cfg.n}
+    write_json_atomic(out / EXPORT_DIR / MODEL_IDENTITY, identity)
     steps = read_steps(out / "metrics.jsonl")
     training_curves(out / "metrics.jsonl", out / "training.png", title=f"{cfg.name}: training")
     finish(out, manifest, final_metrics=steps[-1], wall_s=wall_s)
