@@ -25,3 +25,24 @@ def slow_letter_e_share(prompts: list[str], completions: list[str]) -> list[floa
 
     time.sleep(3)
     return letter_e_share(prompts, completions)
+
+
+_calls = 0
+
+
+def letter_e_share_held(prompts: list[str], completions: list[str]) -> list[float]:
+    """`letter_e_share`, but from a process's 8th call on it waits (60 s at most) for the file
+    named by $VBON_TEST_RELEASE: a training worker scores once per step, so training holds in
+    step 8 until the test has done what it must mid-run."""
+    import os
+    import time
+    from pathlib import Path
+
+    global _calls
+    _calls += 1
+    release, deadline = Path(os.environ["VBON_TEST_RELEASE"]), time.monotonic() + 60
+    while _calls >= 8 and not release.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{release} never appeared")
+        time.sleep(0.05)
+    return letter_e_share(prompts, completions)
