@@ -100,7 +100,7 @@ def summary(results: dict) -> str:
     comes to BoN, and BoN at the workflow's N and at each policy's own; then the cost lines."""
     rows = results["rows"]
     policies = [r for r in rows if r["kind"] == "policy"]
-    targets = {results["n"]} | {r.get("bon_n", results["n"]) for r in policies}
+    targets = {results["n"]} | {r["bon_n"] for r in policies}
     picks = [r for r in rows if r["kind"] == "reference"] + policies
     picks += [r for r in rows if r["kind"] == "bon" and r["n"] in targets]
     width = max(len(r["method"]) for r in picks) + 2
