@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -52,6 +53,22 @@ def wait_for_step(metrics: Path, step: int, timeout: float = 240) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"training never reached step {step}")
+
+
+def wait_for_checkpoint(train_dir: Path, timeout: float = 240) -> None:
+    """Until Ray Train's controller has registered a checkpoint of the run in `train_dir`. A reported checkpoint is only kept once the controller has polled it (every
+    2 s), so a fault test that kills a worker before then would find nothing to resume from."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for snapshot in train_dir.glob("ray-train/**/checkpoint_manager_snapshot.json"):
+            try:
+                latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+            except json.JSONDecodeError:  # written while we read it
+                continue
+            if latest:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"no checkpoint registered in {train_dir}")
 
 
 def free_port() -> int:

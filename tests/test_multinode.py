@@ -18,7 +18,7 @@ import ray
 import torch
 import yaml
 from ray import serve
-from ray_helpers import free_port, loopback_cluster, wait_for_step
+from ray_helpers import free_port, loopback_cluster, wait_for_checkpoint, wait_for_step
 
 from vbon.config import parse_workflow
 from vbon.errors import VbonError
@@ -143,6 +143,7 @@ def test_training_resumes_on_a_replacement_node(tiny_path, tmp_path: Path) -> No
         )
         thread.start()
         wait_for_step(out / "metrics.jsonl", 7)
+        wait_for_checkpoint(out)  # step 5's, while step 8 holds
         workers = _nodes_of("RayTrainWorker")
         assert len(workers) == 2, "the two Train workers do not sit on two nodes"
         assert not _nodes_of("Controller") & workers, "the Train controller shares their nodes"

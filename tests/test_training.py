@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from ray_helpers import RAY_ENV, local_ray, wait_for_step, worker_pythonpath
+from ray_helpers import RAY_ENV, local_ray, wait_for_checkpoint, wait_for_step, worker_pythonpath
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vbon.config import ResourcesConfig, TrainingConfig, parse_workflow
@@ -265,6 +265,7 @@ def test_killed_worker_is_recovered_from_the_last_checkpoint(samples: Path, tmp_
     )
     thread.start()
     wait_for_step(out / "metrics.jsonl", 7)
+    wait_for_checkpoint(out)
     os.kill(int((out / "pids" / "rank-1").read_text()), signal.SIGKILL)
     thread.join(timeout=300)
     assert done.get("out") == out.resolve()
@@ -289,6 +290,7 @@ def test_stopped_run_resumes_from_its_checkpoint(samples: Path, tmp_path: Path) 
     out = tmp_path / "runs" / "t" / "train"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_for_step(out / "metrics.jsonl", 7)
+    wait_for_checkpoint(out)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "interrupted" in err.decode()
