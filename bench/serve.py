@@ -47,7 +47,7 @@ def deploy(model: str, bon_n: int | None, port: int, cpus: float) -> str:
     cfg = parse_workflow(
         {
             "name": "bench",
-            "model": {"name_or_path": model, "dtype": "bfloat16"},
+            "model": {"name_or_path": model, "dtype": "bfloat16_if_native"},
             "reward": {"kind": "vader"},
             "serving": {
                 "port": port,

@@ -29,6 +29,30 @@ def test_tiny_round_trip_through_from_pretrained(tiny_path: Path) -> None:
     assert out.shape[1] > enc.input_ids.shape[1]
 
 
+def _cpu_flags() -> set[str]:
+    info = Path("/proc/cpuinfo")
+    if not info.is_file():
+        pytest.skip("needs /proc/cpuinfo to read the CPU's flags")
+    return {
+        f
+        for line in info.read_text().splitlines()
+        if line.startswith("flags")
+        for f in line.split()
+    }
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "bfloat16_if_native"])
+def test_dtype_is_the_named_one_or_bf16_only_where_the_cpu_has_it(
+    tiny_path: Path, dtype: str
+) -> None:
+    native = bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+    want = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
+        dtype, torch.bfloat16 if native else torch.float32
+    )
+    model = load_causal_lm(ModelConfig(name_or_path=str(tiny_path), dtype=dtype))
+    assert {p.dtype for p in model.parameters()} == {want}
+
+
 def test_builtin_name_and_folder_load_the_same_weights(tiny_path: Path) -> None:
     a = load_causal_lm(ModelConfig(name_or_path="builtin:tiny"))
     b = load_causal_lm(ModelConfig(name_or_path=str(tiny_path)))

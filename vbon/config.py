@@ -38,12 +38,14 @@ class ModelConfig(_Section):
     """The reference policy (and the initial trained policy).
 
     `name_or_path` is a hub name, a local folder, or a built-in offline model:
-    `builtin:tiny` (a tiny GPT-2) or `builtin:smollm2-135m-instruct`.
+    `builtin:tiny` (a tiny GPT-2) or `builtin:smollm2-135m-instruct`. `dtype: auto` keeps the
+    checkpoint's dtype; `bfloat16_if_native` picks bfloat16 on each machine that computes it
+    natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX) and float32 elsewhere.
     """
 
     name_or_path: str = "builtin:tiny"
     revision: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "bfloat16_if_native"] = "float32"
     trust_remote_code: bool = False
 
 

@@ -23,6 +23,25 @@ BUILTIN_MODELS = {
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether `device` computes in bfloat16 natively: a CUDA GPU with bf16 support, or a CPU
+    with AVX512-BF16 or AMX. Elsewhere bf16 is emulated and several times slower than float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and (
+        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    )
+
+
+def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype | str:
+    """`model.dtype` on `device`: `bfloat16_if_native` is bfloat16 where `native_bf16`, else
+    float32; `auto` stays "auto" (the checkpoint's own dtype); the rest name a torch dtype."""
+    if name == "bfloat16_if_native":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return _DTYPES.get(name, "auto")
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """A hub name or folder as is; a `builtin:` name built (once) and returned as its folder."""
     if name_or_path.startswith("builtin:"):
@@ -67,7 +86,7 @@ def load_causal_lm(cfg: ModelConfig, device: str | torch.device = "cpu") -> PreT
             revision=cfg.revision,
             trust_remote_code=cfg.trust_remote_code,
             use_safetensors=True,
-            dtype=_DTYPES.get(cfg.dtype, "auto"),
+            dtype=resolve_dtype(cfg.dtype, device),
         )
     except (OSError, ValueError) as exc:
         raise _load_error("the model", cfg, exc) from None

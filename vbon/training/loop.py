@@ -28,7 +28,7 @@ class TrainJob:
     beta: float
     make_task: Callable[[], Task]
     log_dir: str
-    bf16: bool = False
+    dtype: str = "float32"  # model.dtype, resolved on each worker's device
     cpus_per_worker: float = 1.0
 
 
@@ -134,6 +134,7 @@ def train_loop(config: dict) -> None:
 
     from vbon.core.bon import bon_pick_probs
     from vbon.methods import get_method
+    from vbon.models.loading import resolve_dtype
     from vbon.training import engine as ds
     from vbon.training import memory, timing
     from vbon.training.update import cached_step, rl_step
@@ -153,7 +154,8 @@ def train_loop(config: dict) -> None:
     task.setup(device)
     method = get_method(t.algorithm)
     per_worker = t.prompts_per_step // world
-    ds_config = ds.deepspeed_config(t, per_worker * t.samples_per_prompt, job.bf16)
+    bf16 = resolve_dtype(job.dtype, device) == torch.bfloat16
+    ds_config = ds.deepspeed_config(t, per_worker * t.samples_per_prompt, bf16)
     with ds.zero3_init(ds_config):
         task.load_reference(ds.frozen_placement(ds_config))
         policy = task.build_policy(value_head=method.uses_rollouts and t.estimator == "ppo")

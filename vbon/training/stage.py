@@ -163,7 +163,7 @@ def run_training(cfg: WorkflowConfig, samples: Path, out: Path) -> Path:
         beta=cfg.beta,
         make_task=partial(LanguageModelTask, cfg, str(Path(samples).resolve())),
         log_dir=str(out),
-        bf16=cfg.model.dtype == "bfloat16",
+        dtype=cfg.model.dtype,
         cpus_per_worker=cfg.resources.cpus_per_worker,
     )
     start = time.perf_counter()
