@@ -56,8 +56,9 @@ def wait_for_step(metrics: Path, step: int, timeout: float = 240) -> None:
 
 
 def wait_for_checkpoint(train_dir: Path, timeout: float = 240) -> None:
-    """Until Ray Train's controller has registered a checkpoint of the run in `train_dir`. A reported checkpoint is only kept once the controller has polled it (every
-    2 s), so a fault test that kills a worker before then would find nothing to resume from."""
+    """Until Ray Train's controller has registered a checkpoint of the run in `train_dir`. A
+    reported checkpoint is kept only once the controller has polled it (every 2 s), so a fault
+    test that kills a worker before then would find nothing to resume from."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for snapshot in train_dir.glob("ray-train/**/checkpoint_manager_snapshot.json"):
