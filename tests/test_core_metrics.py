@@ -16,6 +16,7 @@ from vbon.core.metrics import (
     gain_recovered,
     interpolate_curve,
     mean_and_stderr,
+    mean_and_stderr_from_sums,
     win_rate_vs_bon,
     win_rate_vs_samples,
 )
@@ -36,6 +37,22 @@ def test_bon_win_rate_on_unseen_samples_is_n_over_n_plus_1(n: int) -> None:
     )
     mean, stderr = mean_and_stderr(win_rate_vs_samples(best_of_first_n(rewards, n), rewards[:, n:]))
     assert abs(mean - bon_win_rate_limit(n)) < 4 * stderr + 1e-3
+
+
+def test_stderr_from_sums_equals_stderr_over_the_values() -> None:
+    """The learning curve's all-reduced sums give the same mean and standard error as the values;
+    merging two workers' sums is the same as one worker holding every prompt."""
+    x = torch.rand(37, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a, b = x[:20], x[20:]
+    sums = [
+        float(len(a) + len(b)),
+        float(a.sum() + b.sum()),
+        float(a.square().sum() + b.square().sum()),
+    ]
+    assert mean_and_stderr_from_sums(*sums) == pytest.approx(mean_and_stderr(x), rel=1e-9)
+    assert mean_and_stderr_from_sums(3.0, 1.5, 0.75) == pytest.approx((0.5, 0.0))  # all equal
+    mean, se = mean_and_stderr_from_sums(1.0, 0.7, 0.49)
+    assert mean == pytest.approx(0.7) and se != se  # one prompt: no standard error (NaN)
 
 
 def _beats(a: float, b: float) -> float:

@@ -203,6 +203,7 @@ def test_distill_warm_start_then_jeffreys_with_a_learning_curve(
     curve = [s for s in steps if "heldout_win_rate" in s]
     assert [s["step"] for s in curve] == [0, 4, 8]
     assert all(0 <= s["heldout_win_rate"] <= 1 for s in curve)
+    assert all(0 <= s["heldout_win_rate_se"] <= 0.5 for s in curve)  # over the 4 prompts
     assert 0.5 < curve[0]["heldout_bon_win_rate"] <= 1  # BoN-8 beats the reference
     assert (out / "training.png").stat().st_size > 10_000
 
@@ -360,6 +361,7 @@ def test_toy_world_through_the_distributed_trainer_matches_single_process(
         zero_stage=2,
         checkpoint_every=run.steps,
         reference_steps=reference_steps,
+        eval_every=run.steps,
     )
     job = TrainJob(
         training, 1 / (run.n - 1), lambda: ToyTask(run, levels=levels), str(tmp_path / "log")
@@ -370,6 +372,10 @@ def test_toy_world_through_the_distributed_trainer_matches_single_process(
     assert single <= bound and distributed <= bound
     assert abs(distributed - single) <= 0.01
     steps = read_steps(tmp_path / "log" / "metrics.jsonl")
-    assert ["ess" in s for s in steps] == [True] * reference_steps + [False] * (
+    assert ["ess" in s for s in steps[1:]] == [True] * reference_steps + [False] * (
         run.steps - reference_steps
     )
+    start, end = (s for s in steps if "heldout_win_rate" in s)  # exact, so no standard error
+    assert start["heldout_win_rate"] == pytest.approx(0.5) and "heldout_win_rate_se" not in end
+    gap = abs(end["heldout_win_rate"] - end["heldout_bon_win_rate"])
+    assert gap <= (distributed / 2) ** 0.5  # Pinsker: |win rate difference| <= TV

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -32,7 +33,8 @@ def read_steps(metrics_jsonl: Path) -> list[dict]:
 
 def training_curves(metrics_jsonl: Path, png: Path, title: str = "") -> Path:
     """One panel per metric against the training step; with a held-out learning curve, a last
-    panel with the policy's held-out win rate climbing towards BoN's (the dashed target)."""
+    panel with the policy's held-out win rate (a band of one standard error over prompts)
+    climbing towards BoN's (the dashed target)."""
     steps = read_steps(metrics_jsonl)
     shown = [(k, label) for k, label in CURVES if any(k in s for s in steps)]
     heldout = [s for s in steps if "heldout_win_rate" in s]
@@ -46,12 +48,12 @@ def training_curves(metrics_jsonl: Path, png: Path, title: str = "") -> Path:
         ax.grid(alpha=0.3)
     if heldout:
         ax = axes[0][-1]
-        ax.plot(
-            [s["step"] for s in heldout],
-            [s["heldout_win_rate"] for s in heldout],
-            "o-",
-            label="policy",
-        )
+        x, y = [s["step"] for s in heldout], [s["heldout_win_rate"] for s in heldout]
+        line = ax.plot(x, y, "o-", label="policy")[0]
+        if all("heldout_win_rate_se" in s for s in heldout):
+            se = [s["heldout_win_rate_se"] for s in heldout]
+            lo, hi = np.subtract(y, se), np.add(y, se)
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, label="± 1 SE")
         ax.axhline(heldout[-1]["heldout_bon_win_rate"], color="0.4", ls="--", label="BoN (target)")
         ax.axhline(0.5, color="0.7", ls=":", label="reference")
         ax.set_xlabel("step")

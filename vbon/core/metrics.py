@@ -67,6 +67,15 @@ def mean_and_stderr(x: torch.Tensor) -> tuple[float, float]:
     return float(x.mean()), stderr
 
 
+def mean_and_stderr_from_sums(count: float, total: float, total_sq: float) -> tuple[float, float]:
+    """`mean_and_stderr` from the sums n, sum x and sum x^2 (as all-reduced over workers):
+    mean = S1/n, stderr = sqrt((S2 - n mean^2) / (n (n - 1)))."""
+    mean = total / count
+    if count < 2:
+        return mean, float("nan")
+    return mean, max(total_sq - count * mean**2, 0.0) ** 0.5 / (count * (count - 1)) ** 0.5
+
+
 def win_rate_vs_reward(rewards: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """1 where `rewards` beats `other`, 0.5 on a tie, 0 otherwise (broadcasting)."""
     return (rewards > other).double() + 0.5 * (rewards == other).double()

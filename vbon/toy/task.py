@@ -91,13 +91,15 @@ class ToyTask:
     def heldout_win_rate(self, policy, rank: int, world: int, synced: bool) -> dict:
         """Exact win rates against the reference by enumeration (rank 0 counts the one prompt)."""
         if rank:
-            return {"prompts": 0.0, "policy": 0.0, "bon": 0.0}
+            return {"prompts": 0.0, "policy": 0.0, "policy_sq": 0.0, "bon": 0.0}
         p = self.ref.probs()
         r = self.reward(all_sequences(self.vocab, self.length))
         bon = bon_probs(p, r, self.run.n)
+        won = float(win_rate_vs_ref(policy.probs().double(), p, r))
         return {
             "prompts": 1.0,
-            "policy": float(win_rate_vs_ref(policy.probs().double(), p, r)),
+            "policy": won,
+            "policy_sq": won**2,
             "bon": float(win_rate_vs_ref(bon, p, r)),
         }
 

@@ -320,16 +320,19 @@ class LanguageModelTask:
         win rate against all M cached reference samples (ties half), one sample per prompt at a
         fixed seed, and of BoN-N's (over every N of the M against the samples it did not pick from)."""
         rows = self.heldout[rank::world]
+        none = {"prompts": 0.0, "policy": 0.0, "policy_sq": 0.0, "bon": 0.0}
         if not self.heldout or (not rows and not synced):
-            return {"prompts": 0.0, "policy": 0.0, "bon": 0.0}
+            return none
         _, rewards = self._sample(policy, rows or self.heldout[:1], 1, HELDOUT_SEED, synced)
         if not rows:  # joined a ZeRO-3 generate only to keep the ranks in step
-            return {"prompts": 0.0, "policy": 0.0, "bon": 0.0}
+            return none
         ref = torch.tensor([r["rewards"] for r in rows], dtype=torch.float64)
+        won = win_rate_vs_samples(rewards[:, 0], ref)
         n = self.cfg.n
         return {
             "prompts": float(len(rows)),
-            "policy": float(win_rate_vs_samples(rewards[:, 0], ref).sum()),
+            "policy": float(won.sum()),
+            "policy_sq": float(won.square().sum()),
             "bon": float(bon_win_rate(ref, n).sum()) if ref.shape[1] > n else float("nan"),
         }
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from vbon.config import TrainingConfig
+from vbon.core.metrics import mean_and_stderr_from_sums
 from vbon.training.task import Task
 
 EXPORT_DIR = "model"
@@ -213,20 +214,24 @@ def train_loop(config: dict) -> None:
 
 def _heldout(task: Task, policy, rank: int, world: int, synced: bool, device) -> dict:
     """The learning curve's point: win rates against the reference on the held-out prompts of
-    every rank together (`heldout_win_rate` / `heldout_bon_win_rate`)."""
+    every rank together (`heldout_win_rate`, its standard error over prompts
+    `heldout_win_rate_se` when there are several, and `heldout_bon_win_rate`)."""
     import torch.distributed as dist
 
     policy.eval()
     part = task.heldout_win_rate(policy, rank, world, synced)
     policy.train()
-    vec = torch.tensor([part["prompts"], part["policy"], part["bon"]], dtype=torch.float64)
+    keys = ("prompts", "policy", "policy_sq", "bon")
+    vec = torch.tensor([part[k] for k in keys], dtype=torch.float64)
     if dist.is_initialized() and world > 1:
         vec = vec.to(device)
         dist.all_reduce(vec)
-    count, won, bon = vec.tolist()
+    count, won, won_sq, bon = vec.tolist()
     if not count:
         return {}
-    return {"heldout_win_rate": won / count, "heldout_bon_win_rate": bon / count}
+    mean, se = mean_and_stderr_from_sums(count, won, won_sq)
+    point = {"heldout_win_rate": mean, "heldout_bon_win_rate": bon / count}
+    return point | ({"heldout_win_rate_se": se} if count > 1 else {})
 
 
 def _exporter(engine, task: Task, rank: int) -> Callable[[Path], None] | None:

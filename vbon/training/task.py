@@ -83,8 +83,9 @@ class Task(Protocol):
         """k weighted draws per prompt from its cached reference samples (`Batch.weights`)."""
 
     def heldout_win_rate(self, policy: nn.Module, rank: int, world: int, synced: bool) -> dict:
-        """This rank's sums for the learning curve: {"prompts", "policy", "bon"} (win rates
-        against the reference, summed over its held-out prompts)."""
+        """This rank's sums for the learning curve: {"prompts", "policy", "policy_sq", "bon"}
+        (win rates against the reference, and the policy's squared, summed over its held-out
+        prompts)."""
 
     def forward(
         self, policy: nn.Module, batch: Batch
