@@ -18,7 +18,7 @@ from vbon.toy.world import (
     leveled_reward,
     random_reference,
 )
-from vbon.training.task import Batch
+from vbon.training.task import HELDOUT_SUMS, Batch
 
 
 @dataclass
@@ -91,7 +91,7 @@ class ToyTask:
     def heldout_win_rate(self, policy, rank: int, world: int, synced: bool) -> dict:
         """Exact win rates against the reference by enumeration (rank 0 counts the one prompt)."""
         if rank:
-            return {"prompts": 0.0, "policy": 0.0, "policy_sq": 0.0, "bon": 0.0}
+            return dict.fromkeys(HELDOUT_SUMS, 0.0)
         p = self.ref.probs()
         r = self.reward(all_sequences(self.vocab, self.length))
         bon = bon_probs(p, r, self.run.n)

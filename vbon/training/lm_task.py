@@ -40,7 +40,7 @@ from vbon.models.trunk import (
 from vbon.rewards import RewardScorer, build_scorer
 from vbon.sampling.generate import generate, render_prompt, row_seed
 from vbon.sampling.stage import read_samples
-from vbon.training.task import Batch
+from vbon.training.task import HELDOUT_SUMS, Batch
 from vbon.training.timing import phase
 
 HELDOUT_SEED = 5_555_555  # the learning curve's samples: fixed, distinct from every other seed
@@ -320,7 +320,7 @@ class LanguageModelTask:
         win rate against all M cached reference samples (ties half), one sample per prompt at a
         fixed seed, and of BoN-N's (over every N of the M against the samples it did not pick from)."""
         rows = self.heldout[rank::world]
-        none = {"prompts": 0.0, "policy": 0.0, "policy_sq": 0.0, "bon": 0.0}
+        none = dict.fromkeys(HELDOUT_SUMS, 0.0)
         if not self.heldout or (not rows and not synced):
             return none
         _, rewards = self._sample(policy, rows or self.heldout[:1], 1, HELDOUT_SEED, synced)

@@ -16,7 +16,7 @@ import torch
 
 from vbon.config import TrainingConfig
 from vbon.core.metrics import mean_and_stderr_from_sums
-from vbon.training.task import Task
+from vbon.training.task import HELDOUT_SUMS, Task
 
 EXPORT_DIR = "model"
 
@@ -221,8 +221,7 @@ def _heldout(task: Task, policy, rank: int, world: int, synced: bool, device) ->
     policy.eval()
     part = task.heldout_win_rate(policy, rank, world, synced)
     policy.train()
-    keys = ("prompts", "policy", "policy_sq", "bon")
-    vec = torch.tensor([part[k] for k in keys], dtype=torch.float64)
+    vec = torch.tensor([part[k] for k in HELDOUT_SUMS], dtype=torch.float64)
     if dist.is_initialized() and world > 1:
         vec = vec.to(device)
         dist.all_reduce(vec)

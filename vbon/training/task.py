@@ -19,6 +19,8 @@ from torch import Tensor, nn
 
 from vbon.methods import Method, WeightFn
 
+HELDOUT_SUMS = ("prompts", "policy", "policy_sq", "bon")  # a rank's learning-curve sums
+
 
 @dataclass
 class Batch:
@@ -83,9 +85,8 @@ class Task(Protocol):
         """k weighted draws per prompt from its cached reference samples (`Batch.weights`)."""
 
     def heldout_win_rate(self, policy: nn.Module, rank: int, world: int, synced: bool) -> dict:
-        """This rank's sums for the learning curve: {"prompts", "policy", "policy_sq", "bon"}
-        (win rates against the reference, and the policy's squared, summed over its held-out
-        prompts)."""
+        """This rank's sums for the learning curve, keyed by `HELDOUT_SUMS`: its held-out prompts,
+        and summed over them the policy's win rate against the reference, its square and BoN's."""
 
     def forward(
         self, policy: nn.Module, batch: Batch
