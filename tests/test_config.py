@@ -44,7 +44,7 @@ BAD = [
     (
         {"training": {"algorithm": "dpo"}},
         "training.algorithm = 'dpo': must be 'vbon', 'vbon_exact', 'kl_rl', 'bon_sft', "
-        "'bon_distill' or 'jeffreys'",
+        "'bon_distill', 'jeffreys' or 'bonbon'",
     ),
     (
         {"training": {"optimizer": "rloo"}},
@@ -68,6 +68,16 @@ BAD = [
         "it needs training.estimator: rloo and a method without a cached term",
     ),
     ({"training": {"beta": 0.1}}, "training: algorithm 'vbon' fixes beta = 1/(N-1)"),
+    (
+        {"training": {"algorithm": "bonbon", "samples_per_prompt": 6}, "n": 4, "m": 16},
+        "samples_per_prompt (6) must be a multiple of n (4) and at most m (16): 'bonbon' draws",
+    ),
+    (
+        {"training": {"algorithm": "bonbon", "samples_per_prompt": 8}, "n": 4, "m": 6},
+        "at most m (6): 'bonbon' draws it from each prompt's m cached samples in groups of n, "
+        "e.g. samples_per_prompt: 4",
+    ),
+    ({"training": {"algorithm": "bonbon", "reference_steps": 2}}, "'bonbon' has no RL term"),
     ({"serving": {"min_replicas": 3, "max_replicas": 2}}, "serving.min_replicas (3) exceeds"),
     ({"evaluation": {"n_values": [1, 64]}, "m": 16}, "evaluation.n_values [64] exceed m (16)"),
     ({"data": {"test_fraction": 1.0}}, "data.test_fraction = 1.0: must be less than 1"),

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from vbon.core.bon import (
     bon_kl_bound,
+    bon_log_ratio_margin,
     bon_pick_probs,
     bon_probs,
     bon_probs_l1,
@@ -21,6 +22,7 @@ from vbon.core.bon import (
     reward_masses,
     win_rate_vs_ref,
 )
+from vbon.core.losses import bon_pairs
 from vbon.toy.world import all_sequences, distinct_reward, kl, random_reference, tied_reward
 
 
@@ -123,6 +125,20 @@ def test_continuous_limit_kl_and_win_rate(n: int) -> None:
     assert kl(q, p) == pytest.approx(bon_kl_bound(n), abs=1e-3)
     assert kl(q, p) <= bon_kl_bound(n)
     assert float(win_rate_vs_ref(q, p, r)) == pytest.approx(bon_win_rate_limit(n), abs=1e-4)
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_bon_log_ratio_margin_is_the_mean_best_minus_worst_log_ratio(n: int) -> None:
+    """With continuous rewards, F(r) ~ U(0, 1): over groups of N draws, the best's log
+    pi_BoN/pi_ref minus the worst's averages (N-1) H_{N-1}, BoNBoN's 1/(2 beta*)."""
+    f = torch.rand(1, 200_000 * n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    log_ratio = log_bon_ratio(f.log(), torch.full_like(f, -torch.inf), n)[0]
+    best, worst = (i[0] for i in bon_pairs(f, n))
+    diff = log_ratio[best] - log_ratio[worst]
+    stderr = float(diff.std()) / len(diff) ** 0.5
+    assert float(diff.mean()) == pytest.approx(bon_log_ratio_margin(n), abs=4 * stderr)
+    assert bon_log_ratio_margin(2) == 1.0
+    assert 1 / (2 * bon_log_ratio_margin(8)) == pytest.approx(0.0275482094)  # the authors' beta
 
 
 def _space(draw, max_k: int = 40):

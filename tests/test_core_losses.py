@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from vbon.core.losses import (
+    bon_pairs,
+    bonbon_loss,
     effective_sample_fraction,
     gae_advantages,
     kl_full,
@@ -239,3 +241,22 @@ def test_prefix_baseline_gradient_is_the_kl_regularised_objectives_gradient() ->
 
     assert torch.allclose(expected_gradient(1.0), exact, atol=1e-10)
     assert (expected_gradient(0.5) - exact).abs().max() > 1e-3
+
+
+def test_bon_pairs_take_the_first_best_and_first_worst_of_each_group() -> None:
+    rewards = torch.tensor([[0.3, 0.9, 0.1, 0.9, 0.0, 0.0, 0.0, 0.0], [1.0, 2.0, 2.0, 0.5] * 2])
+    best, worst = bon_pairs(rewards, 4)
+    assert best.tolist() == [[1, 4], [1, 5]]  # ties: the first draw, the BoN pick
+    assert worst.tolist() == [[2, 4], [3, 7]]  # an all-tied group: best == worst
+    with pytest.raises(ValueError, match="groups of N"):
+        bon_pairs(rewards, 3)
+
+
+def test_bonbon_loss_is_sft_plus_ipo_around_each_pairs_target() -> None:
+    best, worst = torch.tensor([2.0, 0.5], requires_grad=True), torch.tensor([-1.0, 0.5])
+    target, logprob = torch.tensor([3.0, 0.0]), torch.tensor([-4.0, -6.0])
+    assert float(bonbon_loss(best, worst, target, logprob, 0.0)) == 0.0  # h = h* on both pairs
+    loss = bonbon_loss(best, worst, target + 1.0, logprob, 0.25)
+    assert float(loss) == pytest.approx(0.25 * 5.0 + 0.75 * 1.0)
+    loss.backward()  # d/dh (h - h*)^2 / 2 pairs = (h - h*): each best is pushed up by 0.75
+    assert best.grad.tolist() == pytest.approx([-0.75, -0.75])

@@ -177,9 +177,11 @@ def test_registry_labels_families_and_weights() -> None:
     assert method_label("kl_rl", beta=0.1) == "KL-RL beta=0.1"
     assert method_family("KL-RL beta=0.1") == "KL-RL"
     assert method_family("BoN distill") == "distill" and method_family("mine") == "other"
+    assert method_label("bonbon") == "BoNBoN" and method_family("BoNBoN") == "BoNBoN"
     for method in METHODS.values():
-        assert method.uses_rollouts or method.uses_cached
-        assert (method.kl is not None) == method.uses_rollouts
+        assert method.uses_rollouts or method.uses_cached or method.pairwise
+        assert (method.kl is not None) == (method.score is not None)
+        assert not (method.pairwise and method.uses_rollouts)
     w = best_of_first_n_weights(torch.tensor([[0.1, 0.9, 0.9, 5.0]]), 3)
     assert w.tolist() == [[0.0, 1.0, 0.0, 0.0]]  # the best of the first 3, first on ties
     with pytest.raises(ValueError, match="unknown method"):

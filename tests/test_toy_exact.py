@@ -134,6 +134,18 @@ def test_bon_distillation_reaches_pi_bon(trained_world, n: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("n", [4, 8])
+def test_bonbon_with_tie_aware_targets_reaches_pi_bon(trained_world, n: int) -> None:
+    """BoNBoN on best/worst pairs of N reference samples, each pair's IPO target its BoN log-ratio
+    difference: within 0.01 nats of pi_BoN with the exact masses, 0.05 with M = 300."""
+    ref, reward, p, r = trained_world
+    target = bon_probs(p, r, n)
+    exact = train_toy(ref, reward, ToyRun("bonbon", n)).probs()
+    estimated = train_toy(ref, reward, ToyRun("bonbon", n, m=300)).probs()
+    assert kl(exact, target) <= 0.01 and kl(estimated, target) <= 0.05
+
+
+@pytest.mark.slow
 def test_jeffreys_mix_reaches_pi_bon(world) -> None:
     ref, reward, p, r = world
     policy = train_toy(ref, reward, ToyRun("jeffreys", 4, mix=0.5, lr=0.05)).probs()

@@ -185,6 +185,16 @@ def test_cached_sample_methods_lower_their_nll(samples: Path, tmp_path: Path, me
     assert _mean(steps[-3:], "loss") < _mean(steps[:3], "loss")
 
 
+def test_bonbon_pulls_each_pairs_log_ratio_margin_towards_its_target(
+    samples: Path, tmp_path: Path
+) -> None:
+    _, steps = _train(samples, tmp_path / "bonbon", algorithm="bonbon", samples_per_prompt=16)
+    assert "score" not in steps[0] and steps[0]["target_margin"] > 0  # cached pairs, best first
+    assert abs(steps[0]["margin"]) < 0.5  # the policy starts at pi_ref: h = 0
+    assert _mean(steps[-3:], "margin") > _mean(steps[:3], "margin") + 1.0
+    assert _mean(steps[-3:], "loss") < _mean(steps[:3], "loss")
+
+
 def test_distill_warm_start_then_jeffreys_with_a_learning_curve(
     samples: Path, tmp_path: Path
 ) -> None:

@@ -126,7 +126,7 @@ class TrainingConfig(_Section):
     """Policy optimisation. `algorithm` names a method of `vbon.methods.METHODS`: the vBoN ones
     use beta = 1/(N-1); `kl_rl` uses `beta` on the raw reward. `estimator` is the advantage
     estimator of the RL term (the optimiser is AdamW). `jeffreys_lambda` weighs the forward KL
-    of `jeffreys`; `distill_steps` > 0 warm-starts an RL method with that many `bon_distill` steps;
+    of `jeffreys`; `bonbon_alpha` is BoNBoN's SFT share (the authors' 0.005); `distill_steps` > 0 warm-starts an RL method with that many `bon_distill` steps;
     `reference_steps` > 0 then takes that many steps of the method's own RL objective on the cached
     reference samples (`samples_per_prompt` of each prompt's M, importance-weighted by pi / pi_ref:
     no generation). Both come first and count towards `steps`. Every `eval_every` steps (0: never) the policy's
@@ -146,6 +146,7 @@ class TrainingConfig(_Section):
     estimator: Literal["ppo", "rloo"] = "ppo"
     beta: float | None = Field(None, gt=0.0)
     jeffreys_lambda: float = Field(0.5, ge=0.0, le=1.0)
+    bonbon_alpha: float = Field(0.005, ge=0.0, le=1.0)
     distill_steps: int = Field(0, ge=0)
     reference_steps: int = Field(0, ge=0)
     learning_rate: float = Field(1e-5, gt=0.0, lt=1.0)
@@ -315,6 +316,13 @@ class WorkflowConfig(_Section):
                 f"training.reference_steps draws samples_per_prompt ({t.samples_per_prompt}) of "
                 f"each prompt's m ({self.m}) cached samples and scores each against the others: "
                 f"set samples_per_prompt <= {self.m - 1}"
+            )
+        k = t.samples_per_prompt
+        if get_method(t.algorithm).pairwise and (k % self.n or k > self.m):
+            raise ValueError(
+                f"training.samples_per_prompt ({k}) must be a multiple of n ({self.n}) and at most "
+                f"m ({self.m}): '{t.algorithm}' draws it from each prompt's m cached samples in "
+                f"groups of n, e.g. samples_per_prompt: {self.n * min(2, self.m // self.n)}"
             )
         too_big = [k for k in self.evaluation.n_values if k > self.m]
         if too_big:

@@ -3,7 +3,8 @@ the workflow, evaluation labels, plots, the toy harness and the benches.
 
 A method learns from the policy's own rollouts (an RL score with a KL coefficient), from the
 cached reference samples (a weight per cached sample: a forward-KL / maximum-likelihood target),
-or from both (`jeffreys`). Adding a method is one entry here plus its tests.
+from both (`jeffreys`), or from best/worst pairs of cached samples (`bonbon`, whose IPO target
+is the score difference over the KL coefficient). Adding a method is one entry here plus its tests.
 
 Every score takes per-sample raw rewards [P, k], the reference masses (P_lt, P_le) of those
 rewards (exact in the toy world, estimated from the M reference rewards for text), the
@@ -50,7 +51,8 @@ class Method:
     `score`: the sequence reward its RL step maximises (None: no rollouts).
     `kl`: "bon" for beta = 1/(N-1), "config" for `training.beta`, None without an RL term.
     `cached_weights`: the weight of each cached reference sample in its forward-KL term (None: no
-    cached term). `family` groups methods in plots.
+    cached term). `pairwise`: it learns from the best and worst of groups of N cached samples,
+    with `score` / beta as the log-ratio target (no rollouts). `family` groups methods in plots.
     """
 
     name: str
@@ -59,10 +61,11 @@ class Method:
     score: ScoreFn | None = None
     kl: str | None = None
     cached_weights: WeightFn | None = None
+    pairwise: bool = False
 
     @property
     def uses_rollouts(self) -> bool:
-        return self.score is not None
+        return self.score is not None and not self.pairwise
 
     @property
     def uses_cached(self) -> bool:
@@ -84,6 +87,7 @@ METHODS: dict[str, Method] = {
         Method("bon_sft", "BoN-SFT", "BoN-SFT", cached_weights=best_of_first_n_weights),
         Method("bon_distill", "BoN distill", "distill", cached_weights=bon_pick_probs),
         Method("jeffreys", "Jeffreys", "vBoN", score=_l1, kl="bon", cached_weights=bon_pick_probs),
+        Method("bonbon", "BoNBoN", "BoNBoN", score=_l1, kl="bon", pairwise=True),
     )
 }
 

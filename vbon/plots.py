@@ -67,7 +67,8 @@ def training_curves(metrics_jsonl: Path, png: Path, title: str = "") -> Path:
     return png
 
 
-MARKERS = {"vBoN": "o", "KL-RL": "D", "BoN-SFT": "v", "distill": "P"}  # by method family
+# by method family
+MARKERS = {"vBoN": "o", "KL-RL": "D", "BoN-SFT": "v", "distill": "P", "BoNBoN": "X"}
 
 
 def pareto_plot(rows: list[dict], metric: str, label: str, png: Path, title: str = "") -> Path:

@@ -109,6 +109,14 @@ def win_rate_vs_ref(q: torch.Tensor, p: torch.Tensor, r: torch.Tensor) -> torch.
     return (q * (p_lt + 0.5 * (p_le - p_lt))).sum(-1)
 
 
+def bon_log_ratio_margin(n: int) -> float:
+    """E[log pi_BoN/pi_ref(y_w) - log pi_BoN/pi_ref(y_l)] = (N-1) H_{N-1} for the best y_w and the
+    worst y_l of N draws with continuous rewards (H the harmonic number; Gui et al., 2024,
+    BoNBoN). With log pi_BoN/pi_ref = log N + (N-1) log F and F ~ U(0, 1), the best
+    draw's E[log F] is -1/N and the worst's -H_N. BoNBoN's IPO margin 1/(2 beta*) is this value."""
+    return (n - 1) * sum(1.0 / k for k in range(1, n))
+
+
 def bon_kl_bound(n: int) -> float:
     """KL(pi_BoN || pi_ref) <= log N - (N-1)/N, with equality in the continuous limit."""
     return math.log(n) - (n - 1) / n

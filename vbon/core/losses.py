@@ -187,3 +187,35 @@ def weighted_nll(
     return -(weights * (logprob * mask).sum(-1)).sum() / (weights * mask.sum(-1)).sum().clamp_min(
         1e-12
     )
+
+
+def bon_pairs(rewards: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """BoNBoN's pairs: each prompt's k reference draws [P, k] (k a multiple of N) cut into k/N
+    consecutive groups of N; in each, the best draw (the BoN pick: highest reward, the first on a
+    tie) and the worst (lowest reward, the first on a tie). Returns their column indices [P, k/N].
+    A group whose rewards all tie gives best == worst: a pair with no preference in it."""
+    p, k = rewards.shape
+    if n < 2 or k % n:
+        raise ValueError(f"BoNBoN pairs need groups of N >= 2 draws; got k={k}, N={n}")
+    groups = rewards.reshape(p, k // n, n)
+    start = torch.arange(0, k, n, device=rewards.device)
+    return groups.argmax(-1) + start, groups.argmin(-1) + start
+
+
+def bonbon_loss(
+    logratio_best: torch.Tensor,
+    logratio_worst: torch.Tensor,
+    target: torch.Tensor,
+    logprob_best: torch.Tensor,
+    alpha: float,
+) -> torch.Tensor:
+    """BoNBoN (Gui et al., 2024, Sec. 4): SFT on the best of N plus IPO on best against worst,
+        L = alpha E[-log pi(y_w)] + (1 - alpha) E[(h - h*)^2],
+        h = log pi/pi_ref(y_w) - log pi/pi_ref(y_l),
+    per pair [Q], on sequence log-probabilities. The paper's margin h* = (N-1) H_{N-1}
+    (`vbon.core.bon.bon_log_ratio_margin`) is the mean over pairs of the BoN log-ratio difference
+    log pi_BoN/pi_ref(y_w) - log pi_BoN/pi_ref(y_l) with continuous rewards; `target` is that
+    difference for each pair, from the tie-aware masses, so pi_BoN minimises both terms exactly and
+    tied pairs get h* = 0."""
+    ipo = (logratio_best - logratio_worst - target) ** 2
+    return alpha * -logprob_best.mean() + (1.0 - alpha) * ipo.mean()

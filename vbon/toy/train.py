@@ -2,7 +2,8 @@
 
 Gradients are Monte Carlo: each step samples sequences from the current policy, scores them,
 and applies RLOO with a sequence-level KL penalty; cached-sample methods (BoN-SFT, BoN
-distillation) take the weighted NLL of groups of reference samples. Methods come from the same
+distillation) take the weighted NLL of groups of reference samples, and BoNBoN the best and worst
+of groups of N reference samples. Methods come from the same
 registry as the real trainer. The exact KL to pi_BoN is then read off by enumeration.
 """
 
@@ -16,6 +17,8 @@ import torch
 from vbon.core.bon import reward_masses
 from vbon.core.cdf import empirical_masses
 from vbon.core.losses import (
+    bon_pairs,
+    bonbon_loss,
     kl_k1,
     ppo_policy_loss,
     rloo_advantages,
@@ -31,7 +34,7 @@ class ToyRun:
     """One training run of a method of `vbon.methods.METHODS`. `m` None gives the RL score the
     exact reference masses (P_lt, P_le); otherwise they are estimated from m reference samples.
     Cached-sample methods draw groups of `cached_m` reference samples (default 4N) per step and
-    weight them as the method says; `mix` is the Jeffreys lambda."""
+    weight them as the method says; `mix` is the Jeffreys lambda, `alpha` BoNBoN's SFT share."""
 
     method: str
     n: int
@@ -42,6 +45,7 @@ class ToyRun:
     lr: float = 0.1
     cached_m: int | None = None
     mix: float = 0.5
+    alpha: float = 0.005
     seed: int = 0
 
     @property
@@ -97,9 +101,11 @@ def train_toy(ref: TabularPolicy, reward_fn: RewardFn, run: ToyRun) -> TabularPo
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / run.steps))
     )
-    score = score_fn(run, ref, reward_fn) if method.uses_rollouts else None
+    score = score_fn(run, ref, reward_fn) if method.score is not None else None
     for _ in range(run.steps):
-        if score is None:
+        if method.pairwise:
+            loss = _pair_loss(policy, ref, reward_fn, score, run, g)
+        elif score is None:
             loss = _cached_loss(policy, ref, reward_fn, run, g)
         elif method.uses_cached:
             fwd = _cached_loss(policy, ref, reward_fn, run, g)
@@ -135,3 +141,15 @@ def _cached_loss(policy, ref, reward_fn, run: ToyRun, g) -> torch.Tensor:
     weights = get_method(run.method).cached_weights(reward_fn(seqs).view(groups, m), run.n)
     logp = policy.token_logprobs(seqs)
     return weighted_nll(logp, torch.ones_like(logp), weights.flatten())
+
+
+def _pair_loss(policy, ref, reward_fn, score, run: ToyRun, g) -> torch.Tensor:
+    """BoNBoN on groups of N reference samples; the target is the score difference / beta."""
+    seqs = ref.sample(max(1, run.batch_size // run.n) * run.n, g)
+    best, worst = (i[0] for i in bon_pairs(reward_fn(seqs)[None], run.n))
+    logp = policy.token_logprobs(seqs).sum(-1)
+    with torch.no_grad():
+        ratio_ref = ref.token_logprobs(seqs).sum(-1)
+        target = (score(seqs[best]) - score(seqs[worst])) / run.kl_coef
+    ratio = logp - ratio_ref
+    return bonbon_loss(ratio[best], ratio[worst], target, logp[best], run.alpha)

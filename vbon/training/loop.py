@@ -134,11 +134,12 @@ def train_loop(config: dict) -> None:
     import ray.train.torch
 
     from vbon.core.bon import bon_pick_probs
+    from vbon.core.vbon_reward import n_from_beta
     from vbon.methods import get_method
     from vbon.models.loading import resolve_dtype
     from vbon.training import engine as ds
     from vbon.training import memory, timing
-    from vbon.training.update import cached_step, rl_step
+    from vbon.training.update import cached_step, pair_step, rl_step
 
     ds.skip_inference_kernels()
     ctx = ray.train.get_context()
@@ -181,6 +182,9 @@ def train_loop(config: dict) -> None:
         elif step < t.distill_steps + t.reference_steps:  # the RL objective on cached samples
             batch = task.reference_rollout(prompts, k, seed, method)
             metrics = rl_step(engine, task, batch, t, job.beta)
+        elif method.pairwise:  # beta = 1/(N-1) gives the groups' N
+            batch = task.reference_rollout(prompts, k, seed, method)
+            metrics = pair_step(engine, task, batch, t, job.beta, round(n_from_beta(job.beta)))
         elif not method.uses_rollouts:
             batch = task.cached(prompts, method.cached_weights, k, seed)
             metrics = cached_step(engine, task, batch, t)

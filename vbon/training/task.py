@@ -50,6 +50,11 @@ class Batch:
     ref_distributions: torch.Tensor | None = None
     baseline: torch.Tensor | None = None
 
+    def take(self, rows: torch.Tensor, group_size: int) -> Batch:
+        """The batch of the given rows (every per-row tensor indexed along its first axis)."""
+        taken = {k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
+        return Batch(**taken | {"group_size": group_size})
+
     def to(self, device: torch.device | str) -> Batch:
         moved = {
             k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()

@@ -1,6 +1,7 @@
 """One optimisation step on one worker's batches: an RL term on rollouts (PPO with a per-token KL
 penalty, GAE and a value head; or RLOO with a sequence-level KL penalty and a leave-one-out
-baseline), a forward-KL term on weighted cached samples, or the Jeffreys mix of both. The maths
+baseline), a forward-KL term on weighted cached samples, the Jeffreys mix of both, or BoNBoN on
+best/worst pairs of cached samples. The maths
 is in `vbon.core.losses`; DeepSpeed all-reduces the gradients across workers."""
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import torch
 from vbon.config import TrainingConfig
 from vbon.core.losses import (
     KL_ESTIMATORS,
+    bon_pairs,
+    bonbon_loss,
     effective_sample_fraction,
     gae_advantages,
     kl_k1,
@@ -157,3 +160,35 @@ def cached_step(engine, task: Task, batch: Batch, t: TrainingConfig) -> dict[str
             note_gradients(engine)
             engine.step()
     return {"loss": loss.item(), "tokens": float(batch.mask.sum())}
+
+
+def pair_step(
+    engine, task: Task, batch: Batch, t: TrainingConfig, beta: float, n: int
+) -> dict[str, float]:
+    """`update_epochs` BoNBoN updates on cached reference samples (`Task.reference_rollout`, k per
+    prompt): each prompt's k draws form k/N groups of N, and each group's best and worst rows a
+    pair (`core.losses.bon_pairs`) whose log-ratio target is (score_w - score_l) / beta, the BoN
+    log-ratio difference (`core.losses.bonbon_loss`). Only the pairs' rows are run."""
+    prompts = batch.mask.shape[0] // batch.group_size
+    best, worst = bon_pairs(batch.rewards.view(prompts, batch.group_size), n)
+    first = torch.arange(prompts, device=best.device)[:, None] * batch.group_size
+    rows = torch.stack([best + first, worst + first], -1).flatten()  # best, worst, best, ...
+    pairs = batch.take(rows, 2)
+    target = (pairs.score[0::2] - pairs.score[1::2]) / beta
+    for _ in range(t.update_epochs):
+        with phase("forward"):
+            logprob = (task.forward(engine, pairs)[0] * pairs.mask).sum(-1)
+            ratio = logprob - (pairs.ref_logprobs * pairs.mask).sum(-1)
+            loss = bonbon_loss(ratio[0::2], ratio[1::2], target, logprob[0::2], t.bonbon_alpha)
+        with phase("backward"):
+            engine.backward(loss)
+        with phase("optimizer"):
+            note_gradients(engine)
+            engine.step()
+    margin = (ratio[0::2] - ratio[1::2]).detach()
+    return {
+        "loss": loss.item(),
+        "tokens": float(pairs.mask.sum()),
+        "margin": float(margin.mean()),
+        "target_margin": float(target.mean()),
+    }
