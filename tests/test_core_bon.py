@@ -18,6 +18,7 @@ from vbon.core.bon import (
     bon_probs_l1,
     bon_probs_no_ties,
     bon_win_rate_limit,
+    empirical_bon_log_ratio,
     log_bon_ratio,
     reward_masses,
     win_rate_vs_ref,
@@ -176,3 +177,14 @@ def test_tie_groups_share_mass_in_proportion_to_p(data, n: int) -> None:
     for level in torch.unique(r):
         group = r == level
         assert torch.allclose(q[group] / q[group].sum(), p[group] / p[group].sum(), atol=1e-9)
+
+
+def test_empirical_bon_log_ratio_is_bon_over_the_samples_own_distribution() -> None:
+    rewards = torch.tensor([[0.0, 0.5, 0.0, -1.0, 0.5, 2.0, 0.0, 0.0], [3.0, 1.0, 2.0, 0.0] * 2])
+    m = rewards.shape[1]
+    t = empirical_bon_log_ratio(rewards, 4)
+    p = torch.full_like(rewards, 1 / m, dtype=torch.float64)
+    assert torch.allclose(t.exp(), bon_probs(p, rewards.double(), 4) / p)
+    assert torch.allclose(t.exp().sum(-1) / m, torch.ones(2, dtype=torch.float64))
+    assert float(t[0, 3]) == pytest.approx(3 * math.log(1 / m))  # kept only if drawn 4 times
+    assert t[0, 0] == t[0, 2] == t[0, 6] == t[0, 7]  # a tied block shares one ratio

@@ -16,6 +16,7 @@ from vbon.core.losses import (
     kl_penalized_rewards,
     masked_mean,
     masked_whiten,
+    pair_columns,
     positional_group_advantages,
     ppo_policy_loss,
     rloo_advantages,
@@ -250,6 +251,7 @@ def test_bon_pairs_take_the_first_best_and_first_worst_of_each_group() -> None:
     assert worst.tolist() == [[2, 4], [3, 7]]  # an all-tied group: best == worst
     with pytest.raises(ValueError, match="groups of N"):
         bon_pairs(rewards, 3)
+    assert pair_columns(rewards, 4).tolist() == [[1, 2, 4, 4], [1, 3, 5, 7]]
 
 
 def test_bonbon_loss_is_sft_plus_ipo_around_each_pairs_target() -> None:

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from vbon.core.bon import bon_win_rate_limit
+from vbon.core.bon import bon_probs, bon_win_rate_limit, empirical_bon_log_ratio, win_rate_vs_ref
 from vbon.core.metrics import (
     best_of_first_n,
     bon_reward,
@@ -15,8 +15,10 @@ from vbon.core.metrics import (
     break_even_requests,
     gain_recovered,
     interpolate_curve,
+    log_ratio_alignment,
     mean_and_stderr,
     mean_and_stderr_from_sums,
+    reweighted_win_rate,
     win_rate_vs_bon,
     win_rate_vs_samples,
 )
@@ -110,3 +112,25 @@ def test_interpolate_curve_and_break_even() -> None:
     assert interpolate_curve(-1.0, xs, ys) == 0.5 and interpolate_curve(9.0, xs, ys) == 0.8
     assert break_even_requests(300.0, 1.0, 4.0) == pytest.approx(100.0)
     assert break_even_requests(300.0, 4.0, 4.0) == float("inf")
+
+
+def test_log_ratio_alignment_is_the_per_prompt_correlation_and_slope() -> None:
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(400, 16, generator=g, dtype=torch.float64)
+    shift = torch.randn(400, 1, generator=g, dtype=torch.float64)  # each prompt's normaliser
+    assert log_ratio_alignment(0.3 * target + shift, target) == pytest.approx((1.0, 0.3))
+    assert log_ratio_alignment(-target, target) == pytest.approx((-1.0, -1.0))
+    noise = torch.randn(400, 16, generator=g, dtype=torch.float64)
+    corr, slope = log_ratio_alignment(0.5 * target + noise, target)
+    assert corr == pytest.approx(0.5 / (0.25 + 1) ** 0.5, abs=0.03)
+    assert slope == pytest.approx(0.5, abs=0.03)
+
+
+def test_reweighted_win_rate_of_the_reference_and_of_bon() -> None:
+    rewards = torch.tensor([[0.0, 0.5, 0.0, -1.0, 0.5, 2.0, 0.0, 0.0], [3.0, 1.0, 2.0, 0.0] * 2])
+    assert reweighted_win_rate(torch.zeros_like(rewards), rewards) == pytest.approx(0.5)
+    p = torch.full_like(rewards, 1 / 8, dtype=torch.float64)
+    bon = win_rate_vs_ref(bon_probs(p, rewards.double(), 4), p, rewards.double()).mean()
+    assert reweighted_win_rate(empirical_bon_log_ratio(rewards, 4), rewards) == pytest.approx(
+        float(bon)
+    )

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from vbon.config import ResourcesConfig, TrainingConfig, parse_workflow
 from vbon.core.bon import bon_probs
 from vbon.core.cdf import empirical_masses
+from vbon.core.losses import pair_columns
 from vbon.errors import VbonError
 from vbon.methods import get_method
 from vbon.models.logprobs import forward_logprobs
@@ -185,6 +186,23 @@ def test_cached_sample_methods_lower_their_nll(samples: Path, tmp_path: Path, me
     assert _mean(steps[-3:], "loss") < _mean(steps[:3], "loss")
 
 
+def test_reference_pairs_are_each_groups_best_and_worst_rows_only(samples: Path) -> None:
+    task = LanguageModelTask(parse_workflow(_raw()), str(samples))
+    task.setup(torch.device("cpu"))
+    task.load_reference()
+    method = get_method("bonbon")
+    every = task.reference_rollout([0, 1], 16, 3, method)
+    pairs = task.reference_rollout([0, 1], 16, 3, method, pairs_of=8)
+    assert pairs.group_size == 4 and pairs.input_ids.shape[0] == 8  # 2 groups of 8: 2 pairs
+    groups = every.rewards.view(2, 2, 8)
+    assert torch.equal(pairs.rewards.view(2, 2, 2)[..., 0], groups.amax(-1))
+    assert torch.equal(pairs.rewards.view(2, 2, 2)[..., 1], groups.amin(-1))
+    rows = (pair_columns(every.rewards.view(2, 16), 8) + torch.tensor([[0], [16]])).flatten()
+    assert torch.equal(pairs.score, every.score[rows])  # scored against the same M - 1 others
+    ref_pairs, ref_every = ((b.ref_logprobs * b.mask).sum(-1) for b in (pairs, every))
+    assert torch.allclose(ref_pairs, ref_every[rows], atol=1e-4)
+
+
 def test_bonbon_pulls_each_pairs_log_ratio_margin_towards_its_target(
     samples: Path, tmp_path: Path
 ) -> None:
@@ -341,8 +359,13 @@ def test_step_prompts_cover_every_prompt_once_per_epoch() -> None:
     [
         (None, ToyRun("vbon_exact", n=4, steps=500), 0.01, 0),
         (13, ToyRun("vbon", n=8, m=300, steps=500), 0.05, 250),
+        (13, ToyRun("bonbon", n=4, steps=500), 0.01, 0),
     ],
-    ids=["distinct-exact-cdf", "13-tied-levels-fhat-m300-half-steps-on-reference-samples"],
+    ids=[
+        "distinct-exact-cdf",
+        "13-tied-levels-fhat-m300-half-steps-on-reference-samples",
+        "13-tied-levels-bonbon-pairs",
+    ],
 )
 def test_toy_world_through_the_distributed_trainer_matches_single_process(
     tmp_path: Path, levels: int | None, run: ToyRun, bound: float, reference_steps: int
@@ -351,7 +374,8 @@ def test_toy_world_through_the_distributed_trainer_matches_single_process(
     KL(pi || pi_BoN) as the single-process harness, with distinct rewards (on-policy), and with
     heavy ties where the first half of the steps take the objective on reference samples
     (importance-weighted) and the second half on the policy's own, which by then has moved far
-    from pi_ref. (Ties on-policy alone: test_toy_exact.py, single process.)"""
+    from pi_ref; and BoNBoN on the pairs of heavily tied reference samples. (Ties on-policy
+    alone: test_toy_exact.py, single process.)"""
     task = ToyTask(run, levels=levels)
     task.setup(torch.device("cpu"))
     task.load_reference()
@@ -372,6 +396,7 @@ def test_toy_world_through_the_distributed_trainer_matches_single_process(
         checkpoint_every=run.steps,
         reference_steps=reference_steps,
         eval_every=run.steps,
+        bonbon_alpha=run.alpha,
     )
     job = TrainJob(
         training, 1 / (run.n - 1), lambda: ToyTask(run, levels=levels), str(tmp_path / "log")

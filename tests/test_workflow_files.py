@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from vbon.config import load_workflow
+from vbon.config import ModelConfig, load_workflow
+from vbon.models import load_causal_lm, load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.yaml"))
@@ -144,3 +146,21 @@ def test_memory_bench_grid_validates() -> None:
             cfg = bench.workflow(workers, stage, offload=True)
             assert cfg.training.trainable == "all" and cfg.training.zero_stage == stage
             assert cfg.resources.cpus_per_worker * workers == 2
+
+
+def test_bon_alignment_bench_scores_each_completion_like_a_plain_forward() -> None:
+    """bench/bon_alignment.py's log pi(y | x) of a prompt's completions, batched with padding,
+    equals each completion's own unpadded forward (the empty one scored as EOS)."""
+    bench = _bench("bon_alignment")
+    cfg = ModelConfig(name_or_path="builtin:tiny")
+    model, tok = load_causal_lm(cfg), load_tokenizer(cfg)
+    prompt = "the movie was"
+    completions = [tok(" long and slow")["input_ids"], tok(" fine")["input_ids"], []]
+    batched = bench.sequence_logprobs(model, tok, prompt, completions, False)
+    for got, completion in zip(batched, completions, strict=True):
+        completion = completion or [tok.eos_token_id]
+        ids = torch.tensor([tok(prompt)["input_ids"] + completion])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        own = logprobs[-len(completion) :].gather(-1, ids[0, -len(completion) :, None]).sum()
+        assert float(got) == pytest.approx(float(own), abs=1e-4)

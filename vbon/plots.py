@@ -172,3 +172,22 @@ def stacked_bars(
     fig.savefig(png, dpi=120)
     plt.close(fig)
     return png
+
+
+def log_ratio_scatter(h: np.ndarray, t: np.ndarray, slope: float, n: int, png: Path) -> Path:
+    """A policy's log-ratio against BoN-n's on cached samples [P, M], each centred per prompt,
+    with BoN's own line (slope 1) and the least-squares one (`bench/bon_alignment.py`)."""
+    hc, tc = h - h.mean(-1, keepdims=True), t - t.mean(-1, keepdims=True)
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.scatter(tc.ravel(), hc.ravel(), s=6, alpha=0.4, label="cached samples")
+    ends = np.array([tc.min(), tc.max()])
+    ax.plot(ends, ends, "k--", label=f"BoN-{n} (slope 1)")
+    ax.plot(ends, slope * ends, "r-", label=f"least squares (slope {slope:.2f})")
+    ax.set_xlabel("log pi_BoN / pi_ref, centred per prompt")
+    ax.set_ylabel("log pi / pi_ref, centred per prompt")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png

@@ -68,6 +68,16 @@ def log_bon_ratio(log_lo: torch.Tensor, log_width: torch.Tensor, n: int) -> torc
     return torch.logsumexp(log_binom + lo_term + width_term, dim=-1)
 
 
+def empirical_bon_log_ratio(rewards: torch.Tensor, n: int) -> torch.Tensor:
+    """log pi_BoN / p of each of a prompt's M samples [P, M], for BoN over those samples' own
+    empirical distribution (each of mass 1/M, ties by the lowest draw index): `log_bon_ratio` at
+    a = P_lt and w = P_le - P_lt. The target a policy's log-ratio on reference samples tilts
+    towards (`vbon.core.metrics.log_ratio_alignment`)."""
+    p = torch.full_like(rewards, 1.0 / rewards.shape[-1], dtype=torch.float64)
+    p_lt, p_le = reward_masses(p, rewards.double())
+    return log_bon_ratio(p_lt.log(), (p_le - p_lt).log(), n)
+
+
 def _log_comb(a: torch.Tensor, k: int) -> torch.Tensor:
     """log C(a, k) elementwise, -inf where a < k."""
     a = a.double()

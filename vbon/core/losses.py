@@ -202,6 +202,11 @@ def bon_pairs(rewards: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor
     return groups.argmax(-1) + start, groups.argmin(-1) + start
 
 
+def pair_columns(rewards: torch.Tensor, n: int) -> torch.Tensor:
+    """`bon_pairs` as one column index matrix [P, 2k/N]: best, worst, best, worst, ..."""
+    return torch.stack(bon_pairs(rewards, n), -1).flatten(1)
+
+
 def bonbon_loss(
     logratio_best: torch.Tensor,
     logratio_worst: torch.Tensor,

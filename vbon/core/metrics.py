@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from vbon.core.bon import subset_max_cdf
+from vbon.core.bon import reward_masses, subset_max_cdf
 
 
 def best_of_first_n(rewards: torch.Tensor, n: int) -> torch.Tensor:
@@ -139,3 +139,24 @@ def break_even_requests(one_time_s: float, one_sample_s: float, bon_s: float) ->
     one_time_s / (bon_s - one_sample_s); infinite if BoN is not slower per request."""
     saving = bon_s - one_sample_s
     return one_time_s / saving if saving > 0 else float("inf")
+
+
+def log_ratio_alignment(log_ratio: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+    """How far a policy's log-ratio h = log pi/pi_ref on each prompt's reference samples [P, M]
+    follows BoN's t = log pi_BoN/pi_ref (`core.bon.empirical_bon_log_ratio`). Both centred per
+    prompt (a prompt's log-normaliser is free); returns their correlation and the least-squares
+    slope sum(h t) / sum(t^2). pi_BoN itself gives (1, 1); 1 - corr^2 is the share of the
+    policy's movement that BoN's reweighting does not explain."""
+    h = log_ratio.double() - log_ratio.double().mean(-1, keepdim=True)
+    t = target.double() - target.double().mean(-1, keepdim=True)
+    return float((h * t).sum() / (h.norm() * t.norm())), float((h * t).sum() / (t * t).sum())
+
+
+def reweighted_win_rate(log_weights: torch.Tensor, rewards: torch.Tensor) -> float:
+    """Win rate against the reference of the policy that reweights each prompt's M reference
+    samples [P, M] by exp(h), self-normalised: mean over prompts of
+    sum_i softmax(h)_i (P_lt_i + P_le_i) / 2 (a tie counts half; masses over the M samples).
+    h = 0 gives 0.5; h = log pi_BoN/pi_ref gives BoN's win rate on the samples' distribution."""
+    p = torch.full_like(rewards, 1 / rewards.shape[-1], dtype=torch.float64)
+    p_lt, p_le = reward_masses(p, rewards.double())
+    return float((torch.softmax(log_weights.double(), -1) * (p_lt + p_le) / 2).sum(-1).mean())

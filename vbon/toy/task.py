@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from vbon.core.bon import bon_probs, win_rate_vs_ref
+from vbon.core.losses import pair_columns
 from vbon.methods import Method, WeightFn
 from vbon.toy.train import ToyRun, score_fn
 from vbon.toy.world import (
@@ -58,9 +59,16 @@ class ToyTask:
         return self._scored(policy.sample(len(prompts) * k, torch.Generator().manual_seed(seed)), k)
 
     @torch.no_grad()
-    def reference_rollout(self, prompts: list[int], k: int, seed: int, method: Method) -> Batch:
+    def reference_rollout(
+        self, prompts: list[int], k: int, seed: int, method: Method, pairs_of: int = 0
+    ) -> Batch:
         """k fresh reference samples per prompt: the toy world's cache is pi_ref itself."""
         seqs = self.ref.sample(len(prompts) * k, torch.Generator().manual_seed(seed))
+        if pairs_of:
+            groups = seqs.view(len(prompts), k, -1)
+            cols = pair_columns(self.reward(seqs).view(len(prompts), k), pairs_of)
+            seqs = groups[torch.arange(len(prompts))[:, None], cols].flatten(0, 1)
+            k = cols.shape[1]
         batch = self._scored(seqs, k)
         batch.from_reference = True
         return batch

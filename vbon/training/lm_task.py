@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 
 from vbon.config import WorkflowConfig
 from vbon.core.cdf import empirical_masses
-from vbon.core.losses import kl_full
+from vbon.core.losses import kl_full, pair_columns
 from vbon.core.metrics import bon_win_rate, win_rate_vs_samples
 from vbon.methods import Method, WeightFn
 from vbon.models import load_causal_lm, load_tokenizer
@@ -222,11 +222,16 @@ class LanguageModelTask:
         return self._scored(rows, k, out.token_ids, rewards, against, method, chunks)
 
     @torch.no_grad()
-    def reference_rollout(self, prompts: list[int], k: int, seed: int, method: Method) -> Batch:
+    def reference_rollout(
+        self, prompts: list[int], k: int, seed: int, method: Method, pairs_of: int = 0
+    ) -> Batch:
         g = torch.Generator().manual_seed(seed)
         rows = [self.rows[i] for i in prompts]
         ref, ref_mask = self._reference_rewards(rows)
         picks = torch.stack([torch.randperm(int(m), generator=g)[:k] for m in ref_mask.sum(-1)])
+        if pairs_of:
+            picks = picks.gather(1, pair_columns(ref.gather(1, picks), pairs_of))
+            k = picks.shape[1]
         rewards = ref.gather(1, picks)
         others = ref_mask.clone().unsqueeze(1).repeat(1, k, 1)  # each pick's own reward left out
         others.scatter_(-1, picks.unsqueeze(-1), False)

@@ -183,8 +183,9 @@ def train_loop(config: dict) -> None:
             batch = task.reference_rollout(prompts, k, seed, method)
             metrics = rl_step(engine, task, batch, t, job.beta)
         elif method.pairwise:  # beta = 1/(N-1) gives the groups' N
-            batch = task.reference_rollout(prompts, k, seed, method)
-            metrics = pair_step(engine, task, batch, t, job.beta, round(n_from_beta(job.beta)))
+            n = round(n_from_beta(job.beta))
+            batch = task.reference_rollout(prompts, k, seed, method, pairs_of=n)
+            metrics = pair_step(engine, task, batch, t, job.beta)
         elif not method.uses_rollouts:
             batch = task.cached(prompts, method.cached_weights, k, seed)
             metrics = cached_step(engine, task, batch, t)

@@ -50,11 +50,6 @@ class Batch:
     ref_distributions: torch.Tensor | None = None
     baseline: torch.Tensor | None = None
 
-    def take(self, rows: torch.Tensor, group_size: int) -> Batch:
-        """The batch of the given rows (every per-row tensor indexed along its first axis)."""
-        taken = {k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
-        return Batch(**taken | {"group_size": group_size})
-
     def to(self, device: torch.device | str) -> Batch:
         moved = {
             k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()
@@ -82,9 +77,13 @@ class Task(Protocol):
         """k samples per prompt from the current policy, scored by `method.score`. `synced`:
         ZeRO-3 generation (every rank generates together)."""
 
-    def reference_rollout(self, prompts: list[int], k: int, seed: int, method: Method) -> Batch:
+    def reference_rollout(
+        self, prompts: list[int], k: int, seed: int, method: Method, pairs_of: int = 0
+    ) -> Batch:
         """Like `rollout`, but k of each prompt's cached reference samples (drawn without
-        replacement), scored against the other M - 1 (`from_reference=True`)."""
+        replacement), scored against the other M - 1 (`from_reference=True`). With `pairs_of=N`
+        only each group of N's best and worst are kept and scored (`core.losses.pair_columns`):
+        2k/N rows per prompt, best, worst, best, ..."""
 
     def cached(self, prompts: list[int], weights: WeightFn, k: int, seed: int) -> Batch:
         """k weighted draws per prompt from its cached reference samples (`Batch.weights`)."""

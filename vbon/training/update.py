@@ -11,7 +11,6 @@ import torch
 from vbon.config import TrainingConfig
 from vbon.core.losses import (
     KL_ESTIMATORS,
-    bon_pairs,
     bonbon_loss,
     effective_sample_fraction,
     gae_advantages,
@@ -162,23 +161,15 @@ def cached_step(engine, task: Task, batch: Batch, t: TrainingConfig) -> dict[str
     return {"loss": loss.item(), "tokens": float(batch.mask.sum())}
 
 
-def pair_step(
-    engine, task: Task, batch: Batch, t: TrainingConfig, beta: float, n: int
-) -> dict[str, float]:
-    """`update_epochs` BoNBoN updates on cached reference samples (`Task.reference_rollout`, k per
-    prompt): each prompt's k draws form k/N groups of N, and each group's best and worst rows a
-    pair (`core.losses.bon_pairs`) whose log-ratio target is (score_w - score_l) / beta, the BoN
-    log-ratio difference (`core.losses.bonbon_loss`). Only the pairs' rows are run."""
-    prompts = batch.mask.shape[0] // batch.group_size
-    best, worst = bon_pairs(batch.rewards.view(prompts, batch.group_size), n)
-    first = torch.arange(prompts, device=best.device)[:, None] * batch.group_size
-    rows = torch.stack([best + first, worst + first], -1).flatten()  # best, worst, best, ...
-    pairs = batch.take(rows, 2)
-    target = (pairs.score[0::2] - pairs.score[1::2]) / beta
+def pair_step(engine, task: Task, batch: Batch, t: TrainingConfig, beta: float) -> dict[str, float]:
+    """`update_epochs` BoNBoN updates on cached pairs (`Task.reference_rollout` with `pairs_of`:
+    rows best, worst, best, ...), each pair's log-ratio target (score_w - score_l) / beta, the
+    BoN log-ratio difference (`core.losses.bonbon_loss`)."""
+    target = (batch.score[0::2] - batch.score[1::2]) / beta
     for _ in range(t.update_epochs):
         with phase("forward"):
-            logprob = (task.forward(engine, pairs)[0] * pairs.mask).sum(-1)
-            ratio = logprob - (pairs.ref_logprobs * pairs.mask).sum(-1)
+            logprob = (task.forward(engine, batch)[0] * batch.mask).sum(-1)
+            ratio = logprob - (batch.ref_logprobs * batch.mask).sum(-1)
             loss = bonbon_loss(ratio[0::2], ratio[1::2], target, logprob[0::2], t.bonbon_alpha)
         with phase("backward"):
             engine.backward(loss)
@@ -188,7 +179,7 @@ def pair_step(
     margin = (ratio[0::2] - ratio[1::2]).detach()
     return {
         "loss": loss.item(),
-        "tokens": float(pairs.mask.sum()),
+        "tokens": float(batch.mask.sum()),
         "margin": float(margin.mean()),
         "target_margin": float(target.mean()),
     }
