@@ -27,7 +27,7 @@ from vbon.config import load_workflow
 from vbon.core.bon import empirical_bon_log_ratio
 from vbon.core.metrics import log_ratio_alignment, reweighted_win_rate
 from vbon.models import load_causal_lm, load_tokenizer
-from vbon.models.logprobs import append_completions, forward_logprobs
+from vbon.models.logprobs import encode_completions, forward_logprobs
 from vbon.plots import log_ratio_scatter
 from vbon.sampling.generate import render_prompt
 from vbon.sampling.stage import read_samples
@@ -38,11 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def sequence_logprobs(model, tok, prompt: str, completions: list[list[int]], chat: bool):
     """log pi(y | x) of each completion of one prompt [M], through the trainer's encoding."""
     rendered = [render_prompt(tok, prompt, chat)] * len(completions)
-    enc = tok(rendered, return_tensors="pt", add_special_tokens=not chat)
     completions = [c or [tok.eos_token_id] for c in completions]
-    ids, att, mask = append_completions(
-        enc["input_ids"], enc["attention_mask"], completions, tok.pad_token_id
-    )
+    ids, att, mask = encode_completions(tok, rendered, completions, not chat)
     with torch.no_grad():
         return (forward_logprobs(model, ids, att, mask.shape[1], 1.0) * mask).sum(-1).double()
 

@@ -37,7 +37,7 @@ from vbon.core.losses import (
 )
 from vbon.methods import METHODS
 from vbon.models import load_causal_lm, load_tokenizer
-from vbon.models.logprobs import append_completions, model_logprobs
+from vbon.models.logprobs import encode_completions, model_logprobs
 from vbon.rewards import build_scorer
 from vbon.sampling.stage import read_samples
 from vbon.training.lm_task import prefix_rewards, select_trainable
@@ -107,10 +107,7 @@ def main() -> None:
     params = [p for p in lm.parameters() if p.requires_grad]
 
     def gradient(batch, completions, weights) -> torch.Tensor:
-        enc = tok([r["prompt"] for r in batch], return_tensors="pt", padding=True)
-        ids, att, mask = append_completions(
-            enc["input_ids"], enc["attention_mask"], completions, tok.pad_token_id
-        )
+        ids, att, mask = encode_completions(tok, [r["prompt"] for r in batch], completions, True)
         per_token = torch.nn.utils.rnn.pad_sequence(weights, batch_first=True).float()
         logprob = model_logprobs(lm, ids, att, mask.shape[1], cfg.sampling.temperature)
         loss = -(per_token * logprob * mask).sum() / mask.sum()

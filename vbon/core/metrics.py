@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from vbon.core.bon import reward_masses, subset_max_cdf
+from vbon.core.bon import subset_max_cdf, win_rate_vs_ref
 
 
 def best_of_first_n(rewards: torch.Tensor, n: int) -> torch.Tensor:
@@ -158,5 +158,5 @@ def reweighted_win_rate(log_weights: torch.Tensor, rewards: torch.Tensor) -> flo
     sum_i softmax(h)_i (P_lt_i + P_le_i) / 2 (a tie counts half; masses over the M samples).
     h = 0 gives 0.5; h = log pi_BoN/pi_ref gives BoN's win rate on the samples' distribution."""
     p = torch.full_like(rewards, 1 / rewards.shape[-1], dtype=torch.float64)
-    p_lt, p_le = reward_masses(p, rewards.double())
-    return float((torch.softmax(log_weights.double(), -1) * (p_lt + p_le) / 2).sum(-1).mean())
+    q = torch.softmax(log_weights.double(), -1)
+    return float(win_rate_vs_ref(q, p, rewards.double()).mean())

@@ -11,7 +11,7 @@ import transformers
 from vbon.config import WorkflowConfig
 from vbon.core.losses import kl_k1, kl_k3
 from vbon.models import load_causal_lm, load_tokenizer
-from vbon.models.logprobs import append_completions, forward_logprobs
+from vbon.models.logprobs import encode_completions, forward_logprobs
 from vbon.rewards import build_scorer
 from vbon.sampling.generate import generate, render_prompt, row_seed
 
@@ -66,15 +66,9 @@ class PolicyEvaluator:
         out = generate(self.policy, self.tok, rendered, seeds, cfg.sampling, not chat)
         texts = [text for _, text in prompts for _ in range(k)]
         rewards = self.scorer.score(texts, out.texts)
-        enc = self.tok(
-            [r for r in rendered for _ in range(k)],
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=not chat,
-        ).to(self.policy.device)
-        ids, att, mask = append_completions(
-            enc["input_ids"], enc["attention_mask"], out.token_ids, self.tok.pad_token_id
-        )
+        repeated = [r for r in rendered for _ in range(k)]
+        ids, att, mask = encode_completions(self.tok, repeated, out.token_ids, not chat)
+        ids, att = ids.to(self.policy.device), att.to(self.policy.device)
         width, temp = mask.shape[1], cfg.sampling.temperature
         logp = forward_logprobs(self.policy, ids, att, width, temp).cpu()
         ref = forward_logprobs(self.reference, ids, att, width, temp).cpu()

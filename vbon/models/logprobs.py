@@ -94,3 +94,14 @@ def append_completions(
     input_ids = torch.cat([prompt_ids, tail.to(prompt_ids.device)], 1)
     attention_mask = torch.cat([prompt_mask, mask.long().to(prompt_mask.device)], 1)
     return input_ids, attention_mask, mask.float()
+
+
+def encode_completions(
+    tok, prompts: list[str], completions: list[list[int]], add_special_tokens: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`append_completions` after the rendered prompts, tokenised and left-padded: the one
+    encoding of (prompt, completion) rows for every log-probability pass."""
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+    return append_completions(
+        enc["input_ids"], enc["attention_mask"], completions, tok.pad_token_id
+    )

@@ -22,8 +22,8 @@ from vbon.core.metrics import bon_win_rate, win_rate_vs_samples
 from vbon.methods import Method, WeightFn
 from vbon.models import load_causal_lm, load_tokenizer
 from vbon.models.logprobs import (
-    append_completions,
     completion_distributions,
+    encode_completions,
     forward_logprobs,
     last_positions,
     positions,
@@ -175,17 +175,11 @@ class LanguageModelTask:
         k = self.cfg.training.top_layers
         return shares_trunk(lm, self.reference, batch.input_ids, batch.attention_mask, k)
 
-    def _encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        chat = self.cfg.data.chat_template
-        rendered = [render_prompt(self.tok, t, chat) for t in texts]
-        return self.tok(rendered, return_tensors="pt", padding=True, add_special_tokens=not chat)
-
     def _batch(self, rows: list[dict], k: int, completions: list[list[int]], **fields) -> Batch:
         """Prompts (each repeated k times) followed by the given completion token ids."""
-        enc = self._encode([r["prompt"] for r in rows for _ in range(k)])
-        ids, att, mask = append_completions(
-            enc["input_ids"], enc["attention_mask"], completions, self.tok.pad_token_id
-        )
+        chat = self.cfg.data.chat_template
+        rendered = [render_prompt(self.tok, r["prompt"], chat) for r in rows for _ in range(k)]
+        ids, att, mask = encode_completions(self.tok, rendered, completions, not chat)
         return Batch(input_ids=ids, attention_mask=att, mask=mask, group_size=k, **fields)
 
     def _sample(self, policy: nn.Module, rows: list[dict], k: int, seed: int, synced: bool):
