@@ -6,7 +6,10 @@ held-out prompt's M cached reference samples this compares a policy's own log-ra
 h(y) = log pi/pi_ref(y) with t (`core.metrics.log_ratio_alignment`): their correlation (BoN's
 is 1; 1 - corr^2 is the share of the policy's movement that BoN's reweighting does not explain,
 KL spent on changes that do not track the reward) and the slope of h on t (BoN's is 1: below 1
-the policy tilts towards high rewards less steeply than BoN). Also the self-normalised
+the policy tilts towards high rewards less steeply than BoN). The slope over corr^2
+(`core.metrics.tilt_scale`) splits the shortfall: the KL-optimal tilt along the policy's own
+direction has slope corr^2, so a scale of 1 leaves it all to the direction, and below 1 the
+optimiser stopped short of it. Also the self-normalised
 importance estimate of each one's win rate on the same samples (`core.metrics.reweighted_win_rate`),
 and the reference's (h = 0, exactly 0.5) as the baseline. Prints the ratios to BoN's, writes
 bench/results/bon_alignment.json and a scatter of h against t, bon_alignment.png.
@@ -25,7 +28,7 @@ import torch
 
 from vbon.config import load_workflow
 from vbon.core.bon import empirical_bon_log_ratio
-from vbon.core.metrics import log_ratio_alignment, reweighted_win_rate
+from vbon.core.metrics import log_ratio_alignment, reweighted_win_rate, tilt_scale
 from vbon.models import load_causal_lm, load_tokenizer
 from vbon.models.logprobs import encode_completions, forward_logprobs
 from vbon.plots import log_ratio_scatter
@@ -81,6 +84,7 @@ def main() -> None:
         "corr": corr,
         "slope": slope,
         "unexplained_share": 1 - corr**2,
+        "tilt_scale": tilt_scale(corr, slope),
         "win_rate_is": {
             "policy": reweighted_win_rate(h, rewards),
             "bon": reweighted_win_rate(t, rewards),
@@ -92,6 +96,11 @@ def main() -> None:
         f"policy vs BoN-{cfg.n} on {len(rows)} {args.split} prompts x {m} cached samples: "
         f"corr {corr:.3f} (BoN 1), slope {slope:.3f} (BoN 1), "
         f"{1 - corr**2:.0%} of the policy's log-ratio variance unexplained by BoN's"
+    )
+    print(
+        f"tilt scale slope/corr^2 {tilt_scale(corr, slope):.2f}: 1 is the KL-optimal tilt along "
+        f"the policy's own direction, whose slope is corr^2 = {corr**2:.3f}; below 1 the "
+        "optimiser under-tilts, at 1 the rest of the shortfall is the direction (corr)"
     )
     print(
         f"importance win rate: policy {wr['policy']:.3f}, BoN {wr['bon']:.3f}, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from vbon.core.metrics import (
     mean_and_stderr,
     mean_and_stderr_from_sums,
     reweighted_win_rate,
+    tilt_scale,
     win_rate_vs_bon,
     win_rate_vs_samples,
 )
@@ -124,6 +126,26 @@ def test_log_ratio_alignment_is_the_per_prompt_correlation_and_slope() -> None:
     corr, slope = log_ratio_alignment(0.5 * target + noise, target)
     assert corr == pytest.approx(0.5 / (0.25 + 1) ** 0.5, abs=0.03)
     assert slope == pytest.approx(0.5, abs=0.03)
+
+
+def test_the_kl_optimal_tilt_along_a_noisy_feature_has_slope_corr_squared() -> None:
+    """On each prompt's 16 equally likely samples, pi = softmax(c g) for a feature g that
+    correlates about 0.5 with t; the exact objective E_pi[t] - KL(pi || uniform) is maximised
+    over c on a grid. The maximiser's tilt scale is 1 (its slope corr^2), half of it gives 0.5."""
+    g = torch.Generator().manual_seed(1)
+    t = 0.1 * torch.randn(2000, 16, generator=g, dtype=torch.float64)  # a small tilt
+    feature = t + 0.17 * torch.randn(2000, 16, generator=g, dtype=torch.float64)
+
+    def objective(c: float) -> float:
+        log_q = torch.log_softmax(c * feature, -1)
+        return float((log_q.exp() * (t - log_q - math.log(16))).sum(-1).mean())
+
+    best = max((i / 100 for i in range(301)), key=objective)
+    corr, slope = log_ratio_alignment(best * feature, t)
+    assert 0.4 < corr < 0.6
+    assert slope == pytest.approx(corr**2, abs=0.02)
+    assert tilt_scale(corr, slope) == pytest.approx(1.0, abs=0.05)
+    assert tilt_scale(*log_ratio_alignment(best / 2 * feature, t)) == pytest.approx(0.5, abs=0.03)
 
 
 def test_reweighted_win_rate_of_the_reference_and_of_bon() -> None:

@@ -152,6 +152,16 @@ def log_ratio_alignment(log_ratio: torch.Tensor, target: torch.Tensor) -> tuple[
     return float((h * t).sum() / (h.norm() * t.norm())), float((h * t).sum() / (t * t).sum())
 
 
+def tilt_scale(corr: float, slope: float) -> float:
+    """slope / corr^2 of `log_ratio_alignment`: how steeply a policy tilts along its own
+    direction, against the KL-optimal tilt along it. With h = c g for a fixed feature g, the
+    vBoN objective per prompt in units of beta, E_pi[t] - KL(pi || pi_ref) ~ Cov(h, t) - Var(h)/2
+    for small tilts, peaks at c = Cov(g, t) / Var(g), the least-squares fit of t on g; its slope
+    on t is then corr^2, and its scale 1. Below 1 the policy is under-tilted for its feature
+    (the optimiser's share of the shortfall); at 1 what is left is the feature, corr."""
+    return slope / corr**2 if corr else float("nan")
+
+
 def reweighted_win_rate(log_weights: torch.Tensor, rewards: torch.Tensor) -> float:
     """Win rate against the reference of the policy that reweights each prompt's M reference
     samples [P, M] by exp(h), self-normalised: mean over prompts of
