@@ -98,7 +98,7 @@ def main() -> None:
         f"{1 - corr**2:.0%} of the policy's log-ratio variance unexplained by BoN's"
     )
     print(
-        f"tilt scale slope/corr^2 {tilt_scale(corr, slope):.2f}: 1 is the KL-optimal tilt along "
+        f"tilt scale slope/corr^2 {results['tilt_scale']:.2f}: 1 is the KL-optimal tilt along "
         f"the policy's own direction, whose slope is corr^2 = {corr**2:.3f}; below 1 the "
         "optimiser under-tilts, at 1 the rest of the shortfall is the direction (corr)"
     )
